@@ -1,0 +1,111 @@
+"""Load a labelled data set described by configuration and split it reproducibly.
+
+Every data set becomes a frame with the columns ``message_id, text, label``; no code outside the
+configuration names a data set's own columns. The split is stratified by label and seeded: *seed*
+(gold labels, the cold start), *stream* (replayed as nightly arrivals without labels) and *golden*
+(the frozen test set no training ever sees).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgeloop.config import DatasetConfig
+
+
+class DatasetError(ValueError):
+    """The data set file does not match its configuration; the message says what was expected."""
+
+
+def message_id(text: str) -> str:
+    """Content hash of a message: the same text always gets the same id."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:32]
+
+
+def read_table(path: Path, cfg: DatasetConfig) -> pd.DataFrame:
+    """Read ``path`` in the configured format into a frame with the file's own columns."""
+    if not path.exists():
+        raise DatasetError(f"data file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"data file {path} is empty")
+    try:
+        if cfg.format == "csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        if cfg.format == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        if cfg.format == "parquet":
+            return pd.read_parquet(path)
+        blob = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path} is not valid UTF-8 (byte {exc.start}); export it as UTF-8") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{path} could not be read as {cfg.format}: {exc}") from None
+    missing = [k for k in cfg.json_keys if k not in blob]
+    if missing:
+        raise DatasetError(f"{path}: keys {missing} not found; it has {sorted(blob)}")
+    rows = [pair for key in cfg.json_keys for pair in blob[key]]
+    return pd.DataFrame(rows, columns=[cfg.text_column, cfg.label_column])
+
+
+def load_dataset(cfg: DatasetConfig, path: Path | None = None, require_labels: bool = True) -> pd.DataFrame:
+    """Load the configured data set as ``message_id, text, label`` (duplicate texts dropped)."""
+    path = path or cfg.resolved_path()
+    raw = read_table(path, cfg)
+    needed = [cfg.text_column] + ([cfg.label_column] if require_labels else [])
+    missing = [c for c in needed if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{path}: column(s) {missing} not found; it has {list(raw.columns)} "
+                           f"(set dataset.text_column / dataset.label_column)")
+    df = pd.DataFrame({"text": raw[cfg.text_column].astype("string")})
+    df["label"] = raw[cfg.label_column].astype("string") if cfg.label_column in raw.columns else pd.NA
+    df = df[df["text"].notna() & (df["text"].str.strip() != "")]
+    df["message_id"] = df["text"].map(message_id)
+    df = df.drop_duplicates("message_id", keep="first").reset_index(drop=True)
+    if cfg.max_rows:
+        df = df.sample(n=min(cfg.max_rows, len(df)), random_state=cfg.split_seed).reset_index(drop=True)
+    return df[["message_id", "text", "label"]]
+
+
+@dataclass(frozen=True)
+class Split:
+    """The three parts of a data set and the hash that identifies the split."""
+
+    seed: pd.DataFrame
+    stream: pd.DataFrame
+    golden: pd.DataFrame
+    labels: list[str]
+    split_hash: str
+
+    def stream_batch(self, index: int, size: int) -> pd.DataFrame:
+        """The ``index``-th nightly batch of the stream (empty once the stream is used up)."""
+        return self.stream.iloc[index * size:(index + 1) * size].reset_index(drop=True)
+
+
+def split_dataset(df: pd.DataFrame, cfg: DatasetConfig) -> Split:
+    """Stratified, seeded split into seed / stream / golden."""
+    rng = np.random.default_rng(cfg.split_seed)
+    parts: dict[str, list[pd.DataFrame]] = {"seed": [], "stream": [], "golden": []}
+    for _, group in df.sort_values("message_id").groupby("label", sort=True):
+        idx = rng.permutation(len(group))
+        n_gold = max(1, round(len(group) * cfg.golden_fraction))
+        n_seed = max(1, round(len(group) * cfg.seed_fraction))
+        parts["golden"].append(group.iloc[idx[:n_gold]])
+        parts["seed"].append(group.iloc[idx[n_gold:n_gold + n_seed]])
+        parts["stream"].append(group.iloc[idx[n_gold + n_seed:]])
+    frames = {}
+    for name, chunks in parts.items():
+        part = pd.concat(chunks) if chunks else df.iloc[0:0]
+        # The stream is replayed in a fixed but label-mixed order, like real arrivals.
+        frames[name] = part.sample(frac=1.0, random_state=cfg.split_seed).reset_index(drop=True)
+    h = hashlib.sha256()
+    for name in ("seed", "stream", "golden"):
+        h.update(name.encode())
+        h.update("\n".join(frames[name]["message_id"]).encode())
+    labels = sorted(df["label"].dropna().unique().tolist())
+    return Split(frames["seed"], frames["stream"], frames["golden"], labels, h.hexdigest()[:16])

@@ -1,0 +1,67 @@
+"""Answer predictions from an edge bundle folder with ONNX Runtime and `tokenizers` (no torch).
+
+A bundle folder holds ``model.onnx``, ``tokenizer.json``, ``labels.json`` and ``bundle.json``
+(``max_length`` and the quantization backend). The same class serves the device and the
+night's evaluation, so latency and size are measured on what ships.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+LABELS_FILE = "labels.json"
+BUNDLE_CONFIG_FILE = "bundle.json"
+
+
+class OnnxPredictor:
+    """Intent classifier over one bundle folder."""
+
+    def __init__(self, folder: str | Path, threads: int = 1):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / BUNDLE_CONFIG_FILE).read_text())
+        self.max_length = int(meta["max_length"])
+        self.labels: list[str] = json.loads((self.folder / LABELS_FILE).read_text())
+        self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        self.tokenizer.enable_truncation(self.max_length)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), opts,
+                                            providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encs = self.tokenizer.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        for row, e in enumerate(encs):
+            ids[row, :len(e.ids)] = e.ids
+            mask[row, :len(e.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        return {k: v for k, v in feeds.items() if k in self._inputs}
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, one row per text, columns in ``self.labels`` order."""
+        if not len(texts):
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            logits = self.session.run(["logits"], self._encode(texts[start:start + batch_size]))[0]
+            z = logits - logits.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            out.append(p / p.sum(axis=1, keepdims=True))
+        return np.concatenate(out).astype(np.float32)
+
+    def predict(self, texts: list[str]) -> list[tuple[str, float]]:
+        """(label, confidence) for each text."""
+        probs = self.predict_proba(texts)
+        return [(self.labels[i], float(p[i])) for p, i in zip(probs, probs.argmax(axis=1))]

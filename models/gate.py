@@ -1,0 +1,112 @@
+"""The promotion gate: every check with its value, threshold and verdict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeloop.config import GateConfig
+from models.evaluate import EvalResult
+
+
+@dataclass
+class Check:
+    """One gate check: ``value <op> threshold`` must hold."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    op: str  # ">=" or "<="
+    passed: bool
+    detail: str = ""
+
+    def line(self) -> str:
+        v = "n/a" if self.value is None else f"{self.value:.4f}"
+        t = "n/a" if self.threshold is None else f"{self.threshold:.4f}"
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {v} {self.op} {t} {self.detail}".rstrip()
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def reason(self) -> str:
+        if self.passed:
+            return "all checks passed"
+        return "; ".join(f"{c.name} {c.value if c.value is None else round(c.value, 4)} "
+                         f"{'<' if c.op == '>=' else '>'} {c.threshold}{' (' + c.detail + ')' if c.detail else ''}"
+                         for c in self.failed)
+
+    def tags(self) -> dict[str, str]:
+        """Model-version tags: the decision and every check's value, threshold and verdict."""
+        out = {"gate.decision": "pass" if self.passed else "fail", "gate.reason": self.reason()[:5000]}
+        for c in self.checks:
+            out[f"gate.{c.name}"] = (f"{'pass' if c.passed else 'fail'} value={c.value} {c.op} "
+                                     f"threshold={c.threshold}{' ' + c.detail if c.detail else ''}")[:5000]
+        return out
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+
+
+def _check(name: str, value: float | None, threshold: float | None, op: str, detail: str = "") -> Check:
+    if value is None or threshold is None:
+        return Check(name, value, threshold, op, False, detail or "not measured")
+    ok = value >= threshold if op == ">=" else value <= threshold
+    return Check(name, float(value), float(threshold), op, bool(ok), detail)
+
+
+def run_gate(candidate: EvalResult, teacher: EvalResult, champion: EvalResult | None, cfg: GateConfig,
+             contracts_ok: bool = True, mechanical: tuple[bool, str] | None = None) -> GateDecision:
+    """Decide whether ``candidate`` may replace ``champion`` (None on the first night)."""
+    checks = [
+        _check("contracts_passed", 1.0 if contracts_ok else 0.0, 1.0, ">="),
+        _check("accuracy_floor", candidate.accuracy, cfg.min_accuracy, ">="),
+        _check("macro_f1_floor", candidate.macro_f1, cfg.min_macro_f1, ">="),
+        _check("teacher_retention", candidate.accuracy / teacher.accuracy if teacher.accuracy else 0.0,
+               cfg.min_teacher_retention, ">=", f"student {candidate.accuracy:.4f} / teacher {teacher.accuracy:.4f}"),
+        _check("bundle_size_mb", candidate.size_mb, cfg.max_bundle_mb, "<="),
+        _check("p95_latency_ms", candidate.p95_ms, cfg.max_p95_ms, "<="),
+    ]
+    if champion is not None:
+        checks.append(_check("accuracy_vs_champion", candidate.accuracy,
+                             champion.accuracy - cfg.max_accuracy_drop, ">=", f"champion {champion.accuracy:.4f}"))
+        checks.append(_check("macro_f1_vs_champion", candidate.macro_f1,
+                             champion.macro_f1 - cfg.max_macro_f1_drop, ">=", f"champion {champion.macro_f1:.4f}"))
+        drops = {k: champion.per_intent_f1[k] - candidate.per_intent_f1.get(k, 0.0)
+                 for k in champion.per_intent_f1}
+        worst = max(drops, key=drops.get) if drops else None
+        bad = sorted(k for k, d in drops.items() if d > cfg.max_intent_f1_drop)
+        checks.append(_check("worst_intent_f1_drop", drops[worst] if worst else 0.0, cfg.max_intent_f1_drop,
+                             "<=", f"worst {worst}" + (f"; over tolerance: {', '.join(bad)}" if bad else "")))
+    if mechanical is not None:
+        ok, detail = mechanical
+        checks.append(Check("bundle_loads_fresh_process", 1.0 if ok else 0.0, 1.0, ">=", ok, detail))
+    return GateDecision(all(c.passed for c in checks), checks)
+
+
+def smoke_in_fresh_process(folder: str | Path, texts: list[str], expected: list[str],
+                           timeout_s: float = 120) -> tuple[bool, str]:
+    """Load the edge folder in a new interpreter and check it answers ``texts`` with ``expected``."""
+    code = ("import json,sys; from edge.predictor import OnnxPredictor; "
+            "p=OnnxPredictor(sys.argv[1]); t=json.load(sys.stdin); "
+            "print(json.dumps([l for l,_ in p.predict(t)]))")
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(folder)], input=json.dumps(texts), text=True,
+                             capture_output=True, timeout=timeout_s, cwd=repo)
+    except subprocess.TimeoutExpired:
+        return False, f"no answer within {timeout_s}s"
+    if out.returncode != 0:
+        return False, f"failed to load: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}"
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    wrong = sum(a != b for a, b in zip(got, expected))
+    return wrong == 0, f"{len(texts) - wrong}/{len(texts)} smoke answers as expected"

@@ -1,0 +1,76 @@
+"""Turn a float student into what ships: ONNX, int8 for CPU devices.
+
+The edge folder this writes (``model.onnx``, ``tokenizer.json``, ``labels.json``, ``bundle.json``)
+is what :class:`edge.predictor.OnnxPredictor` loads and what the bundle signs. ONNX Runtime's
+dynamic int8 is the CPU path: torch's ``quantize_dynamic`` is deprecated and its state dict needs
+pickle, which nothing a device loads may use.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from edge.predictor import BUNDLE_CONFIG_FILE, LABELS_FILE, MODEL_FILE, TOKENIZER_FILE
+
+log = logging.getLogger(__name__)
+
+
+class _LogitsOnly(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def export_onnx(model, out_path: str | Path, max_length: int) -> Path:
+    """Export ``model`` to ONNX with dynamic batch and sequence axes (opset 18)."""
+    out_path = Path(out_path)
+    model = model.eval()
+    ids = torch.ones((2, min(16, max_length)), dtype=torch.long)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            _LogitsOnly(model), (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
+            output_names=["logits"], opset_version=18, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                          "logits": {0: "batch"}})
+    return out_path
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> Path:
+    """ONNX Runtime dynamic quantization: int8 weights, activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    return Path(dst)
+
+
+def write_edge_folder(model, tokenizer, out_dir: str | Path, max_length: int,
+                      backend: str = "onnx-int8") -> Path:
+    """Write the device's files for ``model`` into ``out_dir`` and return it."""
+    if backend not in ("onnx-int8", "onnx-fp32"):
+        raise ValueError(f"unknown quantization backend {backend!r}; expected onnx-int8 or onnx-fp32")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", max_length)
+        if backend == "onnx-int8":
+            quantize_int8(fp32, out / MODEL_FILE)
+        else:
+            shutil.copy(fp32, out / MODEL_FILE)
+        tokenizer.save_pretrained(tmp)
+        shutil.copy(Path(tmp) / "tokenizer.json", out / TOKENIZER_FILE)
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    (out / LABELS_FILE).write_text(json.dumps(labels))
+    (out / BUNDLE_CONFIG_FILE).write_text(json.dumps({
+        "max_length": max_length, "backend": backend, "format": "onnx", "opset": 18,
+        "do_lower_case": True}, indent=2))
+    return out
