@@ -1,0 +1,129 @@
+"""``edgeloop-edge``: the device's command line (sync, predict, feedback, rollback, status, serve).
+
+Options fall back to environment variables so a device's service file stays short:
+``EDGELOOP_EDGE_HOME``, ``EDGELOOP_EDGE_BUNDLES``, ``EDGELOOP_EDGE_PUBLIC_KEY``,
+``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``. Every command prints JSON.
+Errors go to stderr as JSON.
+Exit codes: 0 ok, 1 sync refused or failed (or a bundle failed verification), 2 bad usage or input, 3 no model installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from edge.device import Device, NoModelError
+from edge.verify import BundleVerificationError
+
+EXIT_OK, EXIT_SYNC, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"EDGELOOP_EDGE_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeloop-edge", description="Run an edgeloop edge device.")
+    p.add_argument("--home", default=_env("HOME", "edge-home"),
+                   help="device folder: models, feedback, device id [$EDGELOOP_EDGE_HOME, ./edge-home]")
+    p.add_argument("--bundles", default=_env("BUNDLES"),
+                   help="bundles root: a path, file:// or http(s):// URL [$EDGELOOP_EDGE_BUNDLES]")
+    p.add_argument("--public-key", default=_env("PUBLIC_KEY"),
+                   help="PEM public key that signs bundles [$EDGELOOP_EDGE_PUBLIC_KEY; default <home>/edge_signing.pub]")
+    p.add_argument("--device-id", default=_env("DEVICE_ID"),
+                   help="device id [$EDGELOOP_EDGE_DEVICE_ID; default: generated once, kept in <home>/device_id]")
+    p.add_argument("--canary-share", type=float, default=float(_env("CANARY_SHARE", "0.1")),
+                   help="share of devices in the canary cohort [$EDGELOOP_EDGE_CANARY_SHARE, 0.1]")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO to stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("sync", help="install the bundle this device's channel points at")
+    pr = sub.add_parser("predict", help="classify one message")
+    pr.add_argument("text")
+    fb = sub.add_parser("feedback", help="record whether a prediction was right")
+    fb.add_argument("message", help="the message text, or the message_id that predict printed")
+    fb.add_argument("--predicted", required=True, help="the label the model predicted")
+    verdict = fb.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--accepted", dest="accepted", action="store_true", help="the user accepted it")
+    verdict.add_argument("--rejected", dest="accepted", action="store_false", help="the user rejected it")
+    fb.add_argument("--corrected-label", help="the right label, when the user gave one")
+    sub.add_parser("rollback", help="go back to the previous model until the next sync")
+    sub.add_parser("status", help="device id, channel, installed versions")
+    sv = sub.add_parser("serve", help="JSON API: POST /predict, POST /feedback, GET /health")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--no-sync", action="store_true", help="do not sync before serving")
+    return p
+
+
+def _device_id(home: Path, given: str | None) -> str:
+    if given:
+        return given
+    path = home / "device_id"
+    if path.is_file():
+        return path.read_text(encoding="utf-8").strip()
+    home.mkdir(parents=True, exist_ok=True)
+    device_id = f"dev-{uuid.uuid4().hex[:16]}"
+    path.write_text(device_id + "\n", encoding="utf-8")
+    return device_id
+
+
+def make_device(args: argparse.Namespace) -> Device:
+    """The :class:`Device` the parsed options describe."""
+    home = Path(args.home)
+    public_key = Path(args.public_key) if args.public_key else home / "edge_signing.pub"
+    return Device(_device_id(home, args.device_id), home, args.bundles, public_key, args.canary_share)
+
+
+def _print(payload: Any, stream=None) -> None:
+    print(json.dumps(payload, indent=2, ensure_ascii=False), file=stream or sys.stdout)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute one parsed command; return the exit code."""
+    device = make_device(args)
+    if args.command == "sync":
+        result = device.sync()
+        _print(result.to_dict())
+        return EXIT_OK if result.ok else EXIT_SYNC
+    if args.command == "predict":
+        _print(device.predict(args.text).to_dict())
+    elif args.command == "feedback":
+        _print(device.feedback(args.message, args.predicted, args.accepted, args.corrected_label))
+    elif args.command == "rollback":
+        _print({"model_version": device.rollback()})
+    elif args.command == "status":
+        _print(device.status())
+    elif args.command == "serve":
+        from edge.server import serve
+        if not args.no_sync and args.bundles:
+            logging.getLogger(__name__).info("sync: %s", device.sync().to_dict())
+        serve(device, args.host, args.port)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edgeloop-edge``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except NoModelError as exc:
+        _print({"error": str(exc)}, sys.stderr)
+        return EXIT_NO_MODEL
+    except BundleVerificationError as exc:
+        _print({"error": str(exc)}, sys.stderr)
+        return EXIT_SYNC
+    except (ValueError, FileNotFoundError) as exc:
+        _print({"error": str(exc)}, sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

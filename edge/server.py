@@ -1,0 +1,146 @@
+"""A small JSON API over one :class:`edge.device.Device`, stdlib ``http.server`` only.
+
+``POST /predict {"text"}`` → ``{"label", "confidence", "model_version", "message_id"}``;
+``POST /feedback {"text" | "message_id", "predicted", "accepted", "corrected_label"?}`` → the
+event id; ``GET /health`` → device status (503 until a model is installed). Bad input answers
+400 with ``{"error", "field"}``. Binds to loopback unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from edge.device import Device, NoModelError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+_FIELD = re.compile(r"field '(\w+)'")
+
+
+class BadRequest(ValueError):
+    """Input the API cannot use; ``field`` names the offending JSON field."""
+
+    def __init__(self, message: str, field: str | None = None,
+                 status: HTTPStatus = HTTPStatus.BAD_REQUEST):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"field '{name}' is required", name)
+        return None
+    if not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise BadRequest(f"field '{name}' must be {expected}", name)
+    return value
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edgeloop-edge"
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def device(self) -> Device:
+        return self.server.device  # type: ignore[attr-defined]
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # route access logs to logging, not stderr
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self) -> dict[str, Any]:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise BadRequest("a Content-Length header is required", status=HTTPStatus.LENGTH_REQUIRED) from None
+        if length > MAX_BODY:
+            raise BadRequest(f"body is {length} bytes, above {MAX_BODY}", status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise BadRequest("body must be a JSON object")
+        return body
+
+    def _dispatch(self, routes: dict[str, Any]) -> None:
+        route = routes.get(self.path.split("?", 1)[0])
+        if route is None:
+            self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.command} {self.path}"})
+            return
+        try:
+            self._send(*route())
+        except BadRequest as exc:
+            self._send(exc.status, {"error": str(exc), "field": exc.field})
+            if exc.status != HTTPStatus.BAD_REQUEST:
+                self.close_connection = True  # the unread body would poison the next request
+        except NoModelError as exc:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        except ValueError as exc:
+            match = _FIELD.search(str(exc))
+            self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc), "field": match and match.group(1)})
+        except Exception:  # noqa: BLE001 - a request must never kill the server
+            log.exception("request %s %s failed", self.command, self.path)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the device log"})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self._dispatch({"/health": self._health})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch({"/predict": self._predict, "/feedback": self._feedback})
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        status = self.device.status()
+        ready = status["model_version"] is not None
+        return (HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                {"status": "ok" if ready else "no_model", **status})
+
+    def _predict(self) -> tuple[int, dict[str, Any]]:
+        text = _field(self._body(), "text", str)
+        return HTTPStatus.OK, self.device.predict(text).to_dict()
+
+    def _feedback(self) -> tuple[int, dict[str, Any]]:
+        body = self._body()
+        message = _field(body, "message_id", str, required=False) or _field(body, "text", str, required=False)
+        if message is None:
+            raise BadRequest("field 'text' or 'message_id' is required", "text")
+        event = self.device.feedback(
+            message, _field(body, "predicted", str), _field(body, "accepted", bool),
+            _field(body, "corrected_label", str, required=False),
+            model_version=_field(body, "model_version", str, required=False))
+        return HTTPStatus.CREATED, {"event_id": event["event_id"], "message_id": event["message_id"]}
+
+
+def make_server(device: Device, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+    """A bound (not yet serving) server; port 0 picks a free port (see ``server_address``)."""
+    server = ThreadingHTTPServer((host, port), _Handler)
+    server.daemon_threads = True
+    server.device = device  # type: ignore[attr-defined]
+    return server
+
+
+def serve(device: Device, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Serve until interrupted."""
+    server = make_server(device, host, port)
+    log.info("edgeloop-edge serving %s on http://%s:%d", device.device_id, *server.server_address[:2])
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
