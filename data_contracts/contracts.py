@@ -47,6 +47,8 @@ FEEDBACK_COLUMNS = ["device_id", "model_version", "message_id", "predicted", "ac
 #: Device ids are issued by the edge runtime as ``dev-`` + 4-32 lowercase letters/digits
 #: (a hash prefix in practice); anything else is not one of our devices.
 DEVICE_ID_REGEX = r"^dev-[a-z0-9]{4,32}$"
+# What GX runs: Python's ``$`` also matches before a trailing newline ("dev-abcd\n"); ``\Z`` does not.
+_DEVICE_ID_STRICT = DEVICE_ID_REGEX[:-1] + r"\Z"
 EARLIEST = pd.Timestamp("2000-01-01", tz="UTC")
 #: Clock skew tolerated between a device or an ingest host and this machine.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -299,7 +301,8 @@ def _finish(contract: str, df: pd.DataFrame, reasons: dict[int, list[str]],
                           len(accepted), len(quarantined), gx_json)
 
 
-def _schema(contract: str, df: pd.DataFrame, expected: list[str], exact: bool = True) -> ContractResult | None:
+def _schema(contract: str, df: pd.DataFrame, expected: list[str], exact: bool = True,
+            suite: str | None = None) -> ContractResult | None:
     """Check the columns with GX; on failure every row is quarantined with the reason."""
     names = [str(c) for c in df.columns]
     dupes = sorted({c for c in names if names.count(c) > 1})
@@ -311,7 +314,7 @@ def _schema(contract: str, df: pd.DataFrame, expected: list[str], exact: bool = 
         checks = [Check(f"column_{c}", c, "the column to exist",
                         lambda gxe, c=c: gxe.ExpectColumnToExist(column=c), level="batch") for c in expected]
     shell = pd.DataFrame(columns=list(dict.fromkeys(names)))
-    result = _run(f"{contract}.schema", checks, shell, {})
+    result = _run(f"{suite or contract}.schema", checks, shell, {})
     failures = []
     if dupes:
         failures.append(f"columns: duplicated column names {dupes}")
@@ -332,6 +335,12 @@ def _schema(contract: str, df: pd.DataFrame, expected: list[str], exact: bool = 
 # ---------------------------------------------------------------------------------------------
 # Helper columns (plain Python over object values: hostile frames hold anything).
 # ---------------------------------------------------------------------------------------------
+def _frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """A check frame: Python lists stay ``object`` columns, so ``None`` stays ``None``."""
+    return pd.DataFrame({k: pd.Series(v, dtype=object) if isinstance(v, list) else v
+                         for k, v in columns.items()})
+
+
 def _is_missing(v: Any) -> bool:
     if v is None or v is pd.NA or v is pd.NaT:
         return True
@@ -472,7 +481,7 @@ def validate_raw_messages(df: pd.DataFrame, labels: list[str], *, min_rows: int 
     if early is not None:
         return early
     text_strings = _strings(df["text"])
-    check = pd.DataFrame({
+    check = _frame({
         "message_id": [s if s and s.strip() else None for s in _strings(df["message_id"])],
         "text": text_strings,
         "text_utf8": _utf8_ok(df["text"]),
@@ -649,7 +658,7 @@ def validate_teacher_labels(df: pd.DataFrame, labels: list[str],
     if early is not None:
         return early
     label_col = _label_values(df["label"])
-    check = pd.DataFrame({
+    check = _frame({
         "message_id": [s if s and s.strip() else None for s in _strings(df["message_id"])],
         "label": label_col,
         "confidence": pd.Series(_numbers(df["confidence"]), dtype="float64"),
@@ -715,7 +724,7 @@ def _feedback_checks() -> list[Check]:
         _row_count_check(),
         _string_check("device_id"),
         Check("device_id_format", "device_id", "the format dev-<4-32 lowercase letters/digits>",
-              lambda gxe: gxe.ExpectColumnValuesToMatchRegex(column="device_id", regex=DEVICE_ID_REGEX)),
+              lambda gxe: gxe.ExpectColumnValuesToMatchRegex(column="device_id", regex=_DEVICE_ID_STRICT)),
         _string_check("model_version"),
         _in_set_check("model_version", "model_versions", "a model version this loop has published"),
         _string_check("message_id"),
@@ -749,7 +758,7 @@ def validate_feedback(df: pd.DataFrame, labels: list[str], known_model_versions:
     early = _schema(contract, df, FEEDBACK_COLUMNS)
     if early is not None:
         return early
-    check = pd.DataFrame({
+    check = _frame({
         "device_id": _strings(df["device_id"]),
         "model_version": _label_values(df["model_version"]),
         "message_id": [s if s and s.strip() else None for s in _strings(df["message_id"])],
@@ -761,7 +770,7 @@ def validate_feedback(df: pd.DataFrame, labels: list[str], known_model_versions:
     check["at_utc"] = _timestamps_utc(df["at"])
     consistent = []
     for acc, pred, corr in zip(check["accepted"], check["predicted"], check["corrected_label"]):
-        consistent.append(True if corr is None or acc is None else (not acc and corr != pred))
+        consistent.append(True if _is_missing(corr) or _is_missing(acc) else (not acc and corr != pred))
     check["correction_consistent"] = consistent
     keys = [None if d is None or m is None or pd.isna(t) else (d, m, t.value)
             for d, m, t in zip(check["device_id"], check["message_id"], check["at_utc"])]
@@ -782,19 +791,19 @@ def validate_no_pii(df: pd.DataFrame, column: str = "text") -> ContractResult:
     after redaction; got ['CARD', 'EMAIL']"). Other columns may be anything. Zero rows is fine.
     """
     contract = "no_pii@1"
-    early = _schema(contract, df, [column], exact=False)
+    # Suites are cached by name and built once, so the column is part of the name.
+    early = _schema(contract, df, [column], exact=False, suite=f"{contract}[{column}]")
     if early is not None:
         return early
     found = [None if not isinstance(v, str) else ",".join(find_pii(v)) for v in df[column].tolist()]
-    check = pd.DataFrame({"text": _strings(df[column]),
-                          "pii_types": found})
+    check = _frame({"text": _strings(df[column]), "pii_types": found})
     checks = [
         Check("text_type", column, "a string", lambda gxe: gxe.ExpectColumnValuesToNotBeNull(column="text"),
               got="type"),
         Check("no_pii", column, "no personal data after redaction",
               lambda gxe: gxe.ExpectColumnValuesToBeInSet(column="pii_types", value_set=[""]), got="none"),
     ]
-    result = _run(f"{contract}.rows", checks, check, {})
+    result = _run(f"{contract}[{column}].rows", checks, check, {})
     outcome = _collect(result, checks, df)
     for pos, reasons in outcome.reasons.items():
         reasons[:] = [r + (f"; got {found[pos].split(',')}" if r.endswith("after redaction") else "")
