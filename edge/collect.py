@@ -69,4 +69,4 @@ def collect_feedback(sources: Path | Iterable[Path]) -> list[dict[str, Any]]:
                 seen.setdefault(event["event_id"], event)
     if bad:
         log.warning("collect_feedback skipped %d malformed line(s)", bad)
-    return sorted(seen.values(), key=lambda e: (e["at"], e["event_id"]))
+    return sorted(seen.values(), key=lambda e: e["at"])  # stable: ties keep file order
