@@ -57,7 +57,7 @@ _IBAN = re.compile(r"\b[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,30}\b")
 
 # An id token after a keyword: letters/digits/dashes, holding at least 4 digits in all.
 _ID = r"(?P<id>#?\s?(?=[A-Za-z0-9-]*\d(?:-?[A-Za-z0-9]*\d){3})[A-Za-z0-9][A-Za-z0-9-]{3,39})"
-_LABEL = r"(?:\s*(?:number|num|no\.?|nr\.?|id|code|:)\s*)*"
+_LABEL = r"(?:\s*(?:number|num|no\.?|nr\.?|id|code|#\s*:|:)\s*)*"
 _TRACKING_CTX = re.compile(r"(?i)\btracking" + _LABEL + r"\s*" + _ID + r"\b")
 _TRACKING_FMT = re.compile(r"\b(?:1Z[0-9A-Z]{16}|[A-Z]{2}\d{9}[A-Z]{2})\b")
 _INVOICE_CTX = re.compile(r"(?i)\b(?:invoice|bill|receipt)s?" + _LABEL + r"\s*" + _ID + r"\b")
