@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     sv.add_argument("--port", type=int, default=8765)
     sv.add_argument("--no-sync", action="store_true", help="do not sync before serving")
+    sv.add_argument("--sync-every", type=float, default=0, metavar="SECONDS",
+                    help="sync in the background this often while serving (default 0: never)")
     return p
 
 
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         from edge.server import serve
         if not args.no_sync and args.bundles:
             logging.getLogger(__name__).info("sync: %s", device.sync().to_dict())
-        serve(device, args.host, args.port)
+        serve(device, args.host, args.port, args.sync_every if args.bundles else 0)
     return EXIT_OK
 
 

@@ -105,7 +105,8 @@ class Device:
         self.canary_share = canary_share
         self.max_bundle_bytes = max_bundle_bytes
         self.threads = threads
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the running predictor; held only briefly
+        self._sync_lock = threading.Lock()  # one sync/rollback at a time; predictions go on meanwhile
         self._predictor: OnnxPredictor | None = None
         self._predictor_version: str | None = None
         self._recent: OrderedDict[str, str] = OrderedDict()
@@ -143,7 +144,7 @@ class Device:
         bad bundle or an unreachable server.
         """
         channel = self.channel()
-        with self._lock:
+        with self._sync_lock:
             current = self.current_version()
             try:
                 record = self._read_channel(channel)
@@ -254,11 +255,12 @@ class Device:
         return predictor
 
     def _install(self, version: str, predictor: OnnxPredictor) -> None:
-        current = self.current_version()
-        if current and current != version:
-            self._point("previous", current)
-        self._point("current", version)
-        self._predictor, self._predictor_version = predictor, version
+        with self._lock:
+            current = self.current_version()
+            if current and current != version:
+                self._point("previous", current)
+            self._point("current", version)
+            self._predictor, self._predictor_version = predictor, version
 
     def _point(self, name: str, version: str) -> None:
         # rename() over an existing symlink is atomic: a reader sees the old or the new model.
@@ -279,7 +281,7 @@ class Device:
         The next ``sync`` installs the channel's version again: to make a rollback stick, move
         the channel back on the server.
         """
-        with self._lock:
+        with self._sync_lock, self._lock:
             previous, current = self.previous_version(), self.current_version()
             if previous is None:
                 raise NoModelError("no previous model to roll back to")

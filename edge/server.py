@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -134,13 +135,29 @@ def make_server(device: Device, host: str = "127.0.0.1", port: int = 0) -> Threa
     return server
 
 
-def serve(device: Device, host: str = "127.0.0.1", port: int = 8765) -> None:
-    """Serve until interrupted."""
+def start_sync_loop(device: Device, interval_s: float) -> threading.Event:
+    """Sync ``device`` every ``interval_s`` seconds in a daemon thread; set the event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval_s):
+            result = device.sync()
+            if result.status != "up_to_date":
+                log.info("periodic sync: %s", result.to_dict())
+
+    threading.Thread(target=loop, name="edge-sync", daemon=True).start()
+    return stop
+
+
+def serve(device: Device, host: str = "127.0.0.1", port: int = 8765, sync_interval_s: float = 0) -> None:
+    """Serve until interrupted; with ``sync_interval_s`` > 0, also follow the channel meanwhile."""
     server = make_server(device, host, port)
+    stop = start_sync_loop(device, sync_interval_s) if sync_interval_s > 0 else threading.Event()
     log.info("edgeloop-edge serving %s on http://%s:%d", device.device_id, *server.server_address[:2])
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        stop.set()
         server.server_close()

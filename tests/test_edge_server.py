@@ -90,3 +90,74 @@ def test_unknown_route_and_oversized_body(api):
     base, _ = api
     assert call(f"{base}/nope")[0] == 404
     assert call(f"{base}/predict", raw=b" " * (65 * 1024))[0] == 413
+
+
+def test_background_sync_swaps_models_while_requests_keep_succeeding(api, edge_model_dirs, signing_keys):
+    import time
+
+    from edge.server import start_sync_loop
+
+    base, device = api
+    device.sync()
+    root = device.source.root
+    make_bundle(edge_model_dirs["v2"], root, "v2", signing_keys["private"])
+    answers: list[tuple[int, str]] = []
+
+    def hammer() -> None:
+        for _ in range(40):
+            status, body = call(f"{base}/predict", {"text": "where is my order"})
+            answers.append((status, body.get("model_version")))
+
+    stop = start_sync_loop(device, 0.05)
+    try:
+        client = threading.Thread(target=hammer)
+        client.start()
+        publish_channel(root, "stable", "v2", "gate passed")
+        deadline = time.monotonic() + 20
+        while call(f"{base}/health")[1]["model_version"] != "v2" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.join(timeout=30)
+    finally:
+        stop.set()
+    assert call(f"{base}/health")[1]["model_version"] == "v2"
+    assert answers and all(status == 200 and v in ("v1", "v2") for status, v in answers)
+
+
+def test_cli_serve_process_answers_and_stops(edge_model_dirs, signing_keys, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = tmp_path / "bundles"
+    make_bundle(edge_model_dirs["v1"], root, "v1", signing_keys["private"])
+    publish_channel(root, "stable", "v1", "first")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "EDGELOOP_EDGE_HOME": str(tmp_path / "home"), "EDGELOOP_EDGE_BUNDLES": str(root),
+           "EDGELOOP_EDGE_PUBLIC_KEY": str(signing_keys["public"]), "EDGELOOP_EDGE_DEVICE_ID": "dev-0200"}
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--port", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, health = time.monotonic() + 30, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                health = call(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert health is not None, proc.stderr.read().decode() if proc.poll() is not None else "no answer"
+        assert health == (200, {"status": "ok", "device_id": "dev-0200", "channel": "stable",
+                                "model_version": "v1", "previous_version": None})
+        assert call(f"http://127.0.0.1:{port}/predict", {"text": "refund please"})[0] == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

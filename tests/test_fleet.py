@@ -32,6 +32,8 @@ def test_canary_then_stable_and_a_tampered_bundle_runs_nowhere(fleet):
     # Deterministic ids: the cohort is fixed, about CANARY_SHARE of the fleet, never all or none.
     assert 1 <= len(canary) <= 8, canary
     assert canary == {d.device_id for d in devices if d.channel() == "canary"}
+    at_default_share = [d for d in devices if Device(d.device_id, d.home, None, d.public_key, 0.1).channel() == "canary"]
+    assert 1 <= len(at_default_share) <= 4 and {d.device_id for d in at_default_share} <= canary
 
     publish_channel(root, "stable", "v1", "first champion")
     assert all(d.sync().ok for d in devices)
