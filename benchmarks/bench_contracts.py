@@ -1,0 +1,110 @@
+"""How fast the data contracts and redaction run: rows/s on a synthetic night of ``--rows`` messages.
+
+Usage: ``python benchmarks/bench_contracts.py [--rows 100000] [--out benchmarks/results/contracts.json]``
+
+Rows are Bitext instructions (5 % with an e-mail, phone and card appended, 0.5 % hostile:
+duplicates, zero-width-only, too long, unknown labels), so the timing includes building reasons for quarantined rows. The first call in a
+process pays for importing Great Expectations and building its context; it is reported apart
+(``first_call_s``) from the warm figures the nightly flow sees on later contracts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data_contracts.contracts import (validate_feedback, validate_no_pii,  # noqa: E402
+                                      validate_raw_messages, validate_teacher_labels)
+from data_contracts.datasets import load_dataset  # noqa: E402
+from data_contracts.redaction import redact_frame  # noqa: E402
+from edgeloop.config import DatasetConfig  # noqa: E402
+
+NOW = pd.Timestamp("2025-06-01", tz="UTC")
+
+
+def make_frames(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    base = load_dataset(DatasetConfig())
+    labels = sorted(base["label"].unique())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), n)
+    text = base["text"].to_numpy()[idx].astype(object)
+    ids = np.array([f"m{i:08d}" for i in range(n)], dtype=object)
+    gold = base["label"].to_numpy()[idx].astype(object)
+    gold[rng.random(n) < 0.7] = None
+    # ~0.5 % hostile rows
+    bad = rng.choice(n, size=max(n // 200, 4), replace=False)
+    q = len(bad) // 4
+    ids[bad[:q]] = ids[0]
+    text[bad[q:2 * q]] = "\u200b"
+    text[bad[2 * q:3 * q]] = "x" * 5000
+    gold[bad[3 * q:]] = "teleport"
+    # 5 % of messages carry contact and payment details, so redaction's slow path is timed too.
+    pii = rng.random(n) < 0.05
+    text[pii] = text[pii] + " - mail me at jo.doe@example.com or call +1 555-123-4567, card 4111 1111 1111 1111"
+    raw = pd.DataFrame({"message_id": ids, "text": text, "source": "stream", "gold_label": gold,
+                        "received_at": NOW - pd.Timedelta(hours=1)})
+    k = len(labels)
+    probs = rng.dirichlet(np.full(k, 0.1), n)
+    top = probs.argmax(1)
+    teacher = pd.DataFrame({"message_id": ids, "probs": list(probs), "label": np.array(labels)[top],
+                            "confidence": probs.max(1)})
+    fb = pd.DataFrame({"device_id": [f"dev-{i % 5000:06d}" for i in range(n)], "model_version": "3",
+                       "message_id": ids, "predicted": np.array(labels)[top], "accepted": True,
+                       "corrected_label": None, "at": NOW - pd.Timedelta(hours=2)})
+    fb["corrected_label"] = fb["corrected_label"].astype(object)
+    return raw, teacher, fb, labels
+
+
+def timed(fn, *args, **kwargs):
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "contracts.json"))
+    args = ap.parse_args()
+    raw, teacher, fb, labels = make_frames(args.rows)
+    n = len(raw)
+    warmup, first_s = timed(validate_raw_messages, raw.head(10), labels, now=NOW)
+    figures: dict[str, dict] = {}
+
+    def record(name, res, seconds):
+        figures[name] = {"rows": n, "seconds": round(seconds, 3), "rows_per_s": round(n / seconds),
+                         "accepted": res.rows_accepted if res is not None else None,
+                         "quarantined": res.rows_quarantined if res is not None else None}
+        print(f"{name:<22} {n:>8} rows  {seconds:7.2f} s  {n / seconds:>10,.0f} rows/s", flush=True)
+
+    res, s = timed(validate_raw_messages, raw, labels, now=NOW)
+    record("raw_messages@1", res, s)
+    (redacted, counts), s = timed(redact_frame, raw)
+    record("redact_frame", None, s)
+    res, s = timed(validate_no_pii, redacted)
+    record("no_pii@1", res, s)
+    res, s = timed(validate_teacher_labels, teacher, labels, None, max_drift=1.0, min_mean_confidence=0.0)
+    record("teacher_labels@1", res, s)
+    res, s = timed(validate_feedback, fb, labels, {"3"}, now=NOW)
+    record("feedback@1", res, s)
+    result = {"rows": n, "first_call_s": round(first_s, 3), "figures": figures, "redaction_counts": counts,
+              "python": platform.python_version(), "machine": platform.machine(),
+              "cpus_note": "shared 2-core box; figures are noisy"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"first call (GX import + context): {first_s:.2f} s; wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
