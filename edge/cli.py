@@ -1,4 +1,4 @@
-"""``edgeloop-edge``: the device's command line (sync, predict, feedback, rollback, status, serve).
+"""``edgeloop-edge``: the device's command line (sync, predict, feedback, rollback, status, serve, verify).
 
 Options fall back to environment variables so a device's service file stays short:
 ``EDGELOOP_EDGE_HOME``, ``EDGELOOP_EDGE_BUNDLES``, ``EDGELOOP_EDGE_PUBLIC_KEY``,
@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     fb.add_argument("--corrected-label", help="the right label, when the user gave one")
     sub.add_parser("rollback", help="go back to the previous model until the next sync")
     sub.add_parser("status", help="device id, channel, installed versions")
+    vf = sub.add_parser("verify", help="verify a bundle folder, load it and answer smoke queries")
+    vf.add_argument("folder")
+    vf.add_argument("--text", action="append", default=[], help="smoke query (repeatable)")
     sv = sub.add_parser("serve", help="JSON API: POST /predict, POST /feedback, GET /health")
     sv.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     sv.add_argument("--port", type=int, default=8765)
@@ -86,8 +89,26 @@ def _print(payload: Any, stream=None) -> None:
     print(json.dumps(payload, indent=2, ensure_ascii=False), file=stream or sys.stdout)
 
 
+def verify_and_smoke(folder: Path, public_key: Path, texts: list[str]) -> dict[str, Any]:
+    """Verify ``folder``, load it with ONNX Runtime and answer ``texts``: the gate's fresh-process check."""
+    from edge.predictor import OnnxPredictor
+    from edge.verify import verify_bundle
+
+    manifest = verify_bundle(folder, public_key)
+    predictor = OnnxPredictor(folder)
+    answers = predictor.predict(texts or ["where is my order"])
+    return {"model_version": manifest["model_version"], "key_id": manifest["key_id"],
+            "size_bytes": manifest["size_bytes"],
+            "answers": [{"label": label, "confidence": round(conf, 6)} for label, conf in answers]}
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute one parsed command; return the exit code."""
+    if args.command == "verify":
+        if not args.public_key:
+            raise ValueError("verify needs --public-key (or $EDGELOOP_EDGE_PUBLIC_KEY)")
+        _print(verify_and_smoke(Path(args.folder), Path(args.public_key), args.text))
+        return EXIT_OK
     device = make_device(args)
     if args.command == "sync":
         result = device.sync()

@@ -13,7 +13,7 @@ from edge.manifest import MANIFEST_FILE, sha256_file
 from edge.verify import BundleVerificationError, verify_bundle
 from models.bundle import (build_bundle, channel_history, ensure_signing_key, publish_channel,
                            read_channel)
-from tests.edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
 
 
 @pytest.fixture()

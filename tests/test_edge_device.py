@@ -18,7 +18,7 @@ from edge.collect import collect_feedback
 from edge.device import Device, NoModelError, assign_channel
 from edge.predictor import OnnxPredictor
 from models.bundle import build_bundle, publish_channel
-from tests.edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -287,3 +287,15 @@ def test_build_bundle_signature_covers_lineage(world):
                             metrics={}, teacher_version="t", data_hash="h", backend="onnx-fp32",
                             signing_key=world["keys"]["private"])
     assert manifest["model_version"] == "v3"
+
+
+def test_cli_verify_checks_and_smokes_a_bundle_in_a_fresh_process(world):
+    args = [sys.executable, "-m", "edge.cli", "--public-key", str(world["keys"]["public"]), "verify"]
+    ok = subprocess.run([*args, str(world["root"] / "v1"), "--text", "refund please"], cwd=REPO,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["model_version"] == "v1" and len(report["answers"]) == 1
+    flip_byte(world["root"] / "v2" / "model.onnx")
+    bad = subprocess.run([*args, str(world["root"] / "v2")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "checksum mismatch" in json.loads(bad.stderr)["error"]

@@ -12,7 +12,7 @@ import pytest
 from edge.device import Device
 from edge.server import make_server
 from models.bundle import publish_channel
-from tests.edge_fixtures import edge_model_dirs, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import edge_model_dirs, make_bundle, signing_keys  # noqa: F401
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import pytest
 from edge.collect import collect_feedback
 from edge.device import Device
 from models.bundle import channel_history, publish_channel
-from tests.edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401
 
 CANARY_SHARE = 0.2
 
