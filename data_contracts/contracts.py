@@ -119,7 +119,7 @@ class ContractResult:
 # ---------------------------------------------------------------------------------------------
 # Great Expectations plumbing: one ephemeral context per process, suites built once.
 # ---------------------------------------------------------------------------------------------
-_GX_LOCK = threading.Lock()
+_GX_LOCK = threading.RLock()  # Prefect may run tasks in threads: one GX run at a time
 _GX_CACHE: dict[str, Any] = {}
 
 
@@ -149,7 +149,11 @@ def _gx_context() -> Any:
 
 
 def _validation(name: str, checks: list[Check]) -> Any:
-    """Get or build the GX ValidationDefinition ``name`` (idempotent within a process)."""
+    """Get or build the GX ValidationDefinition ``name`` (idempotent within a process).
+
+    The checks of a name must not vary between calls: everything data-dependent is a
+    ``$PARAMETER`` given at run time (a varying column name goes into the suite name).
+    """
     with _GX_LOCK:
         key = f"vd:{name}"
         if key in _GX_CACHE:
@@ -189,9 +193,10 @@ def _validation(name: str, checks: list[Check]) -> Any:
 
 
 def _run(name: str, checks: list[Check], frame: pd.DataFrame, params: dict[str, Any]) -> Any:
-    vd = _validation(name, checks)
-    return vd.run(batch_parameters={"dataframe": frame}, expectation_parameters=params,
-                  result_format={"result_format": "COMPLETE", "include_unexpected_rows": False})
+    with _GX_LOCK:
+        vd = _validation(name, checks)
+        return vd.run(batch_parameters={"dataframe": frame}, expectation_parameters=params,
+                      result_format={"result_format": "COMPLETE", "include_unexpected_rows": False})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,7 +481,7 @@ def validate_raw_messages(df: pd.DataFrame, labels: list[str], *, min_rows: int 
     row has the right type.
     """
     contract = "raw_messages@1"
-    _check_args(labels, min_rows=min_rows, min_chars=min_chars, max_chars=max_chars)
+    _check_args(df, labels, min_rows=min_rows, min_chars=min_chars, max_chars=max_chars)
     early = _schema(contract, df, RAW_COLUMNS)
     if early is not None:
         return early
@@ -518,7 +523,9 @@ def _validate_rows(contract: str, df: pd.DataFrame, check: pd.DataFrame, checks:
     return _finish(contract, df, outcome.reasons, failures, gx_json)
 
 
-def _check_args(labels: Iterable[str], **bounds: int) -> None:
+def _check_args(df: Any, labels: Iterable[str], **bounds: int) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"a contract validates a pandas DataFrame, got {type(df).__name__}")
     if isinstance(labels, str) or not all(isinstance(x, str) for x in labels):
         raise ValueError("labels must be a list of label names (strings)")
     for name, value in bounds.items():
@@ -648,7 +655,7 @@ def validate_teacher_labels(df: pd.DataFrame, labels: list[str],
     """
     contract = "teacher_labels@1"
     labels = list(labels)
-    _check_args(labels, min_rows=min_rows)
+    _check_args(df, labels, min_rows=min_rows)
     if not labels:
         raise ValueError("labels must not be empty")
     if not (0 <= max_drift <= 1) or not (0 <= min_mean_confidence <= 1) or prob_tolerance <= 0:
@@ -681,7 +688,7 @@ def validate_teacher_labels(df: pd.DataFrame, labels: list[str],
                   "expected_labels": expected_labels(labels, reference, n)}
         out = _collect(_run(f"{contract}.batch", batch_checks, ok_rows, params), batch_checks, ok_rows,
                        params)
-        failures = list(outcome_fix(out.batch_failures, params["expected_labels"], ok_rows))
+        failures = _name_missing_labels(out.batch_failures, params["expected_labels"], ok_rows)
         extra["batch_validation"] = out.gx_json
         if n < drift_floor:
             extra["drift"]["status"] = f"skipped: {n} accepted rows < {drift_floor}"
@@ -699,7 +706,7 @@ def validate_teacher_labels(df: pd.DataFrame, labels: list[str],
                           min_rows, batch_level)
 
 
-def outcome_fix(failures: list[str], required: list[str], rows: pd.DataFrame) -> list[str]:
+def _name_missing_labels(failures: list[str], required: list[str], rows: pd.DataFrame) -> list[str]:
     """Name the missing labels in the presence failure (GX reports only the observed set)."""
     seen = set(rows["label"].dropna())
     out = []
@@ -753,7 +760,7 @@ def validate_feedback(df: pd.DataFrame, labels: list[str], known_model_versions:
     the first are quarantined. Batch level: exact columns, ``min_rows``.
     """
     contract = "feedback@1"
-    _check_args(labels, min_rows=min_rows)
+    _check_args(df, labels, min_rows=min_rows)
     versions = sorted(str(v) for v in known_model_versions)
     early = _schema(contract, df, FEEDBACK_COLUMNS)
     if early is not None:
@@ -791,6 +798,7 @@ def validate_no_pii(df: pd.DataFrame, column: str = "text") -> ContractResult:
     after redaction; got ['CARD', 'EMAIL']"). Other columns may be anything. Zero rows is fine.
     """
     contract = "no_pii@1"
+    _check_args(df, [])
     # Suites are cached by name and built once, so the column is part of the name.
     early = _schema(contract, df, [column], exact=False, suite=f"{contract}[{column}]")
     if early is not None:

@@ -258,3 +258,17 @@ def test_write_report(tmp_path):
     md = paths[-1].read_text()
     assert "| raw_messages@1 | yes | 1 | 1 | 0 |" in md
     assert "text: expected a string" in md and "duplicate message_id" in md
+
+
+def test_not_a_frame_is_a_type_error():
+    with pytest.raises(TypeError, match="pandas DataFrame, got list"):
+        validate_raw_messages([{"text": "hi"}], LABELS)
+
+
+def test_concurrent_validations_from_threads_stay_separate():
+    from concurrent.futures import ThreadPoolExecutor
+
+    frames = [raw(["ok"] * k + [None]) for k in range(1, 7)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda f: validate_raw_messages(f, LABELS, now=NOW), frames))
+    assert [(r.rows_accepted, r.rows_quarantined) for r in results] == [(k, 1) for k in range(1, 7)]

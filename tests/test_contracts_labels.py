@@ -222,3 +222,18 @@ def test_no_pii_hostile_values_and_missing_column():
     res = validate_no_pii(df, column="body")
     accounting(res)
     assert not res.ok and "missing column(s) ['body']" in res.batch_failures[0]
+
+
+def test_quarantined_rows_of_every_contract_can_be_stored_in_the_lake(tmp_path):
+    from data_contracts.lake import Lake
+
+    teacher = soft(["cancel_order", "track_order"])
+    teacher["probs"] = pd.Series([[0.5, 0.6, 0.1], np.array([0.1, 0.9, 0.0])], dtype=object)
+    teacher["confidence"] = pd.Series([0.5, "x"], dtype=object)
+    results = [validate_teacher_labels(teacher, LABELS, None),
+               validate_feedback(feedback(2, accepted=["yes", None]), LABELS, {"7"}, now=NOW),
+               validate_no_pii(pd.DataFrame({"message_id": ["a"], "text": ["x@y.com \ud800"]}, dtype=object))]
+    lake = Lake(tmp_path)
+    stored = sum(lake.quarantine(r.quarantined) for r in results)
+    assert stored == sum(r.rows_quarantined for r in results) == 5
+    assert set(lake.quarantined()["contract"]) == {"teacher_labels@1", "feedback@1", "no_pii@1"}
