@@ -31,6 +31,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -519,7 +520,7 @@ def _validate_rows(contract: str, df: pd.DataFrame, check: pd.DataFrame, checks:
     if len(df) >= min_rows and int(good.sum()) < min_rows:
         failures.append(f"rows: expected at least {min_rows} accepted row(s); "
                         f"got {int(good.sum())} of {len(df)} after row checks")
-    gx_json = {"validations": [outcome.gx_json], **extra_json}
+    gx_json = {**extra_json, "validations": [outcome.gx_json] + extra_json.get("validations", [])}
     return _finish(contract, df, outcome.reasons, failures, gx_json)
 
 
@@ -675,35 +676,36 @@ def validate_teacher_labels(df: pd.DataFrame, labels: list[str],
     check["probs_sum"] = check["probs_sum"].astype("float64")
     drift_floor = drift_min_rows if drift_min_rows is not None else 5 * len(labels)
 
-    def batch_level(frame: pd.DataFrame, good: np.ndarray) -> tuple[list[str], dict]:
-        ok_rows = frame.loc[good, ["label", "confidence"]].reset_index(drop=True)
-        n = len(ok_rows)
-        extra: dict[str, Any] = {"drift": {"metric": "total_variation", "threshold": max_drift,
-                                           "rows": n, "min_rows": drift_floor}}
-        if n == 0:
-            extra["drift"]["status"] = "skipped: no accepted rows"
-            return [], extra
-        batch_checks = _teacher_batch_checks()
-        params = {"min_mean_confidence": min_mean_confidence,
-                  "expected_labels": expected_labels(labels, reference, n)}
-        out = _collect(_run(f"{contract}.batch", batch_checks, ok_rows, params), batch_checks, ok_rows,
-                       params)
-        failures = _name_missing_labels(out.batch_failures, params["expected_labels"], ok_rows)
-        extra["batch_validation"] = out.gx_json
-        if n < drift_floor:
-            extra["drift"]["status"] = f"skipped: {n} accepted rows < {drift_floor}"
-        else:
-            tvd = total_variation(ok_rows["label"], labels, reference)
-            extra["drift"].update(value=round(tvd, 4), status="passed" if tvd <= max_drift else "failed")
-            if tvd > max_drift:
-                failures.append(f"label distribution: expected a total variation distance from the "
-                                f"seed distribution of at most {max_drift}; got {tvd:.3f} over {n} rows")
-        return failures, extra
-
     params = {"min_rows": min_rows, "labels": labels, "sum_min": 1 - prob_tolerance,
               "sum_max": 1 + prob_tolerance, "n_labels": len(labels), "tolerance": prob_tolerance}
-    return _validate_rows(contract, df, check, _teacher_checks(), params,
-                          min_rows, batch_level)
+    batch_level = partial(_teacher_batch, labels=labels, reference=reference, max_drift=max_drift,
+                          min_mean_confidence=min_mean_confidence, drift_floor=drift_floor)
+    return _validate_rows(contract, df, check, _teacher_checks(), params, min_rows, batch_level)
+
+
+def _teacher_batch(frame: pd.DataFrame, good: np.ndarray, *, labels: list[str], reference: dict[str, float],
+                   max_drift: float, min_mean_confidence: float, drift_floor: int) -> tuple[list[str], dict]:
+    """Batch checks of teacher_labels@1 on the accepted rows: mean confidence, presence, drift."""
+    ok_rows = frame.loc[good, ["label", "confidence"]].reset_index(drop=True)
+    n = len(ok_rows)
+    drift: dict[str, Any] = {"metric": "total_variation", "threshold": max_drift, "rows": n,
+                             "min_rows": drift_floor}
+    if n == 0:
+        return [], {"drift": {**drift, "status": "skipped: no accepted rows"}}
+    checks = _teacher_batch_checks()
+    params = {"min_mean_confidence": min_mean_confidence,
+              "expected_labels": expected_labels(labels, reference, n)}
+    out = _collect(_run("teacher_labels@1.batch", checks, ok_rows, params), checks, ok_rows, params)
+    failures = _name_missing_labels(out.batch_failures, params["expected_labels"], ok_rows)
+    if n < drift_floor:
+        drift["status"] = f"skipped: {n} accepted rows < {drift_floor}"
+    else:
+        tvd = total_variation(ok_rows["label"], labels, reference)
+        drift.update(value=round(tvd, 4), status="passed" if tvd <= max_drift else "failed")
+        if tvd > max_drift:
+            failures.append(f"label distribution: expected a total variation distance from the seed "
+                            f"distribution of at most {max_drift}; got {tvd:.3f} over {n} rows")
+    return failures, {"drift": drift, "validations": [out.gx_json]}
 
 
 def _name_missing_labels(failures: list[str], required: list[str], rows: pd.DataFrame) -> list[str]:

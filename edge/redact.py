@@ -94,6 +94,7 @@ _PO_BOX = re.compile(r"(?i)\bP\.?\s?O\.?\s?Box\s+\d{1,8}\b")
 
 _AMOUNT_AFTER = re.compile(r"\s*(?:dollars?|usd|euros?|eur|pounds?|gbp|bucks|cents?)\b", re.I)
 _CURRENCY_BEFORE = "$€£¥"
+_CURRENCY_WORD_BEFORE = re.compile(r"(?i)\b(?:usd|eur|gbp|chf|us\$)\s*$")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -123,8 +124,9 @@ def iban_ok(candidate: str) -> bool:
 
 
 def _is_amount(text: str, start: int, end: int) -> bool:
-    before = text[:start].rstrip()
-    return bool(before) and before[-1] in _CURRENCY_BEFORE or bool(_AMOUNT_AFTER.match(text, end))
+    before = text[max(0, start - 8):start].rstrip()
+    return (bool(before) and before[-1] in _CURRENCY_BEFORE) or bool(_CURRENCY_WORD_BEFORE.search(before)) \
+        or bool(_AMOUNT_AFTER.match(text, end))
 
 
 def _sub(pattern: re.Pattern, kind: str, text: str, counts: dict[str, int],
@@ -132,8 +134,7 @@ def _sub(pattern: re.Pattern, kind: str, text: str, counts: dict[str, int],
     """Replace each match (or the span ``accept`` picks inside it) with ``kind``'s placeholder."""
     out, last = [], 0
     for m in pattern.finditer(text):
-        span = accept(m) if accept else (m.start("id"), m.end("id")) if "id" in pattern.groupindex \
-            else m.span()
+        span = accept(m) if accept else m.span()
         if span is None or span[0] < last:
             continue
         out.append(text[last:span[0]])
@@ -166,9 +167,9 @@ def _accept_card(m: re.Match) -> tuple[int, int] | None:
 
 
 def _accept_phone(m: re.Match) -> tuple[int, int] | None:
-    span = (m.start("id"), m.end("id")) if "id" in m.re.groupindex else m.span()
-    digits = re.sub(r"\D", "", m.group(0) if "id" not in m.re.groupindex else m.group("id"))
-    return span if 7 <= len(digits) <= 15 else None
+    group = "id" if "id" in m.re.groupindex else 0  # after "call me at", only the number goes
+    digits = re.sub(r"\D", "", m.group(group))
+    return m.span(group) if 7 <= len(digits) <= 15 else None
 
 
 def _accept_id(m: re.Match) -> tuple[int, int] | None:
