@@ -3,8 +3,8 @@
 Usage: ``python benchmarks/bench_contracts.py [--rows 100000] [--out benchmarks/results/contracts.json]``
 
 Rows are Bitext instructions (5 % with an e-mail, phone and card appended, 0.5 % hostile:
-duplicates, zero-width-only, too long, unknown labels), so the timing includes building reasons for quarantined rows. The first call in a
-process pays for importing Great Expectations and building its context; it is reported apart
+duplicates, zero-width-only, too long, unknown labels), so the timing includes building reasons
+for quarantined rows. The first call in a process pays for importing Great Expectations and building its context; it is reported apart
 (``first_call_s``) from the warm figures the nightly flow sees on later contracts.
 """
 
@@ -50,7 +50,8 @@ def make_frames(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     gold[bad[3 * q:]] = "teleport"
     # 5 % of messages carry contact and payment details, so redaction's slow path is timed too.
     pii = rng.random(n) < 0.05
-    text[pii] = text[pii] + " - mail me at jo.doe@example.com or call +1 555-123-4567, card 4111 1111 1111 1111"
+    text[pii] = text[pii] + (" - mail me at jo.doe@example.com or call +1 555-123-4567,"
+                             " card 4111 1111 1111 1111")
     raw = pd.DataFrame({"message_id": ids, "text": text, "source": "stream", "gold_label": gold,
                         "received_at": NOW - pd.Timedelta(hours=1)})
     k = len(labels)

@@ -56,7 +56,8 @@ def test_header_only_file_gives_no_rows_and_the_contract_stops_the_batch():
 
 
 def test_missing_configured_columns_are_named():
-    with pytest.raises(DatasetError, match=r"column\(s\) \['instruction', 'intent'\] not found; it has \['text', 'label'\]"):
+    with pytest.raises(DatasetError,
+                       match=r"column\(s\) \['instruction', 'intent'\] not found; it has \['text', 'label'\]"):
         load("wrong_columns.csv")
 
 

@@ -10,7 +10,8 @@ import pytest
 from data_contracts.redaction import find_pii, redact_frame
 from edge.redact import PLACEHOLDERS, iban_ok, luhn_ok, redact
 
-BITEXT = Path(__file__).resolve().parent.parent / "data/bitext/Bitext_Sample_Customer_Support_Training_Dataset_v2023-08-18.csv"
+BITEXT = (Path(__file__).resolve().parent.parent / "data" / "bitext"
+          / "Bitext_Sample_Customer_Support_Training_Dataset_v2023-08-18.csv")
 
 
 @pytest.mark.parametrize("text,expected,kind", [
@@ -51,7 +52,8 @@ def test_each_type_is_replaced(text, expected, kind):
 
 @pytest.mark.parametrize("text", [
     "reimburse $350", "i paid 1499 dollars for thisorder", "refunding$299", "I expect a refund of $1,200.50",
-    "I paid $150000 for this", "150000 dollars is a lot", "I paid USD 150000", "EUR150000", "order 150000 usd", "1,000,000 euros", "I want to order 2 items",
+    "I paid $150000 for this", "150000 dollars is a lot", "I paid USD 150000", "EUR150000",
+    "order 150000 usd", "1,000,000 euros", "I want to order 2 items",
     "checking invoice from 7 purchases ago", "in 2024 I bought 3 shirts", "2 items on the way",
     "I waited 45 minutes on 5th Avenue", "card 4111 1111 1111 1112",  # Luhn-invalid: not a card
     "DE89 3704 0044 0532 0130 01",  # mod-97-invalid: not an IBAN (and its groups are too short for ids)
