@@ -237,3 +237,19 @@ def test_quarantined_rows_of_every_contract_can_be_stored_in_the_lake(tmp_path):
     stored = sum(lake.quarantine(r.quarantined) for r in results)
     assert stored == sum(r.rows_quarantined for r in results) == 5
     assert set(lake.quarantined()["contract"]) == {"teacher_labels@1", "feedback@1", "no_pii@1"}
+
+
+def test_results_json_is_strict_json_for_mlflow():
+    import json
+
+    teacher = soft(["cancel_order", "track_order"])
+    teacher["probs"] = pd.Series([np.array([0.5, 0.6, 0.1]), [np.nan, 1.0, 0.0]], dtype=object)
+    teacher["confidence"] = [np.float32(0.5), np.inf]
+    bad_time = feedback(2, at=[NOW + pd.Timedelta(days=3), pd.Timestamp("1990-01-01", tz="UTC")])
+    for res in (validate_teacher_labels(teacher, LABELS, None),
+                validate_feedback(bad_time, LABELS, {"7"}, now=NOW),
+                validate_no_pii(pd.DataFrame({"text": []}, dtype=object))):
+        accounting(res)
+        blob = json.loads(json.dumps(res.results_json, allow_nan=False))
+        assert blob["contract"] == res.contract and blob["validations"]
+    assert res.rows_in == 0 and res.ok  # no_pii on zero rows is fine: nothing to leak
