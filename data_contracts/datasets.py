@@ -109,3 +109,14 @@ def split_dataset(df: pd.DataFrame, cfg: DatasetConfig) -> Split:
         h.update("\n".join(frames[name]["message_id"]).encode())
     labels = sorted(df["label"].dropna().unique().tolist())
     return Split(frames["seed"], frames["stream"], frames["golden"], labels, h.hexdigest()[:16])
+
+
+_SPLITS: dict[str, Split] = {}
+
+
+def load_split(cfg: DatasetConfig) -> Split:
+    """Load and split the configured data set (memoised per configuration within a process)."""
+    key = cfg.model_dump_json()
+    if key not in _SPLITS:
+        _SPLITS[key] = split_dataset(load_dataset(cfg), cfg)
+    return _SPLITS[key]

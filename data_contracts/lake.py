@@ -34,12 +34,10 @@ class Lake:
     # ---- generic parts -----------------------------------------------------
     def _write_part(self, folder: Path, df: pd.DataFrame) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()[:16]
-        final = folder / f"part-{digest}.parquet"
-        if final.exists():  # the very same rows were already written
-            return final
         tmp = folder / f".tmp-{uuid.uuid4().hex}.parquet"
         df.to_parquet(tmp, index=False)
+        # Named by content: writing the very same rows twice leaves one part.
+        final = folder / f"part-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]}.parquet"
         os.replace(tmp, final)
         return final
 
@@ -78,6 +76,9 @@ class Lake:
         })
         self._write_part(self.messages_dir / f"received_date={received_at:%Y-%m-%d}", out)
         return len(out)
+
+    def has_source(self, source: str) -> bool:
+        return bool((self._read_parts(self.messages_dir, ["source"])["source"] == source).any())
 
     def messages(self) -> pd.DataFrame:
         df = self._read_parts(self.messages_dir, MESSAGE_COLUMNS)

@@ -117,6 +117,17 @@ class GateConfig(_Section):
     max_p95_ms: float = Field(20.0, gt=0)
 
 
+class BundleConfig(_Section):
+    """Edge bundles: signing keys and rollout."""
+
+    signing_key: str = Field("", description="ed25519 private key (PEM); empty = <home>/keys/edge_signing.pem.")
+    public_key: str = Field("", description="Its public key; empty = <home>/keys/edge_signing.pub.")
+    canary_share: float = Field(0.1, ge=0, le=1, description="Share of devices in the canary cohort.")
+    canary_min_acceptance_margin: float = Field(
+        0.05, ge=0, le=1, description="Roll the canary back when its acceptance rate is this far below stable's.")
+    canary_min_events: int = Field(20, ge=1, description="Feedback events needed before judging a canary.")
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("", description="Empty = sqlite:///<home>/mlflow.db.")
     artifact_root: str = Field("", description="Empty = <home>/mlartifacts.")
@@ -132,6 +143,7 @@ class Settings(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")
 
@@ -152,6 +164,15 @@ class Settings(_Section):
 
     def artifact_root(self) -> str:
         return self.mlflow.artifact_root or (self.home_path() / "mlartifacts").as_uri()
+
+    def signing_key_path(self) -> Path:
+        return Path(self.bundle.signing_key) if self.bundle.signing_key else self.home_path() / "keys" / "edge_signing.pem"
+
+    def public_key_path(self) -> Path:
+        return Path(self.bundle.public_key) if self.bundle.public_key else self.home_path() / "keys" / "edge_signing.pub"
+
+    def bundles_root(self) -> Path:
+        return self.home_path() / "bundles"
 
     def to_flat_params(self) -> dict[str, Any]:
         """Flatten to ``section.field`` keys for MLflow params."""

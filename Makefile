@@ -1,0 +1,44 @@
+# edgeloop: `make nightly` sets up and runs one night; `make test` sets up and runs the tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgeloop-installed
+export EDGELOOP_HOME ?= $(CURDIR)/var
+
+.PHONY: setup nightly bootstrap night test test-fast bench clean help
+
+help:
+	@echo "make nightly   set up, bootstrap the teacher if needed, run one night on the bundled data"
+	@echo "make test      set up and run the test suite"
+	@echo "make bench     run the benchmark suite (benchmarks/README.md)"
+
+setup: $(STAMP)
+
+# torch first, from its pinned CPU wheel: any other torch spec pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements/base.txt requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -r requirements/base.txt -c requirements/constraints.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+bootstrap: setup
+	$(BIN)/edgeloop bootstrap-teacher --if-missing
+
+night: setup
+	$(BIN)/edgeloop night
+
+nightly: bootstrap night
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,108 @@
+"""``edgeloop``: start the flows as ad-hoc runs from a terminal.
+
+Each command runs the Prefect flow in this process (Prefect's ephemeral API, or the server named by
+``PREFECT_API_URL``), prints where to look, and exits non-zero with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from edgeloop.config import ConfigError, load_settings
+
+
+def _parse_set(values: list[str]) -> dict[str, Any]:
+    """``--set student.epochs=4`` → ``{"student": {"epochs": 4}}``."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML settings file (default: $EDGELOOP_CONFIG or ./edgeloop.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override one setting, e.g. --set student.epochs=4 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgeloop", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    night = sub.add_parser("night", help="run one night of the loop now",
+                           description="Ingest tonight's arrivals, relabel, distill, evaluate, gate, publish.")
+    night.add_argument("--night", help="the night's date, YYYY-MM-DD (default: today, UTC)")
+    night.add_argument("--input", metavar="FILE",
+                       help="a shop's export of new messages (configured format) instead of the replayed stream")
+    _common(night)
+    boot = sub.add_parser("bootstrap-teacher", help="fine-tune and register the teacher",
+                          description="Fine-tune the MiniLM teacher on the seed and register teacher@production.")
+    boot.add_argument("--no-promote", action="store_true", help="register without moving the production alias")
+    boot.add_argument("--if-missing", action="store_true",
+                      help="do nothing when a teacher is already registered under the production alias")
+    _common(boot)
+    return parser
+
+
+def _print_summary(title: str, summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, indent=2, default=str))
+        return
+    print(f"\n== {title} ==")
+    width = max(map(len, summary))
+    for k, v in summary.items():
+        print(f"  {k:<{width}}  {v}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = _parse_set(args.set)
+        settings = load_settings(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"edgeloop: {exc}", file=sys.stderr)
+        return 2
+    from edgeloop.runtime import prepare_process
+
+    prepare_process(settings)
+    config = settings.model_dump(mode="json")
+    try:
+        if args.command == "night":
+            from flows.nightly import nightly
+
+            summary = nightly(night=args.night, input_file=args.input, config=config)
+            summary["where_to_look"] = (f"mlflow ui --backend-store-uri {settings.tracking_uri()}  → experiment "
+                                        f"'{settings.mlflow.experiment}', run {summary['mlflow_run_id']}; "
+                                        f"Models → {summary['model_name']} v{summary['model_version']}")
+            _print_summary("night finished", summary, args.json)
+        else:
+            from models.registry import alias_version
+
+            existing = alias_version(settings.tracking_uri(), settings.teacher.registered_name, settings.teacher.alias)
+            if args.if_missing and existing:
+                print(f"teacher {settings.teacher.registered_name}@{settings.teacher.alias} is v{existing}: nothing to do")
+                return 0
+            from flows.teacher_bootstrap import teacher_bootstrap
+
+            _print_summary("teacher registered", teacher_bootstrap(config=config, promote=not args.no_promote),
+                           args.json)
+    except Exception as exc:  # the flow already logged the traceback; say why in one line
+        print(f"edgeloop {args.command}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

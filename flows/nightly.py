@@ -1,0 +1,56 @@
+"""The night: ingest → contracts → relabel → distill → quantize → evaluate → gate → publish."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, unmapped
+
+from edgeloop.config import settings_from_json
+from tasks import night as t
+
+
+class NightStopped(RuntimeError):
+    """A batch-level contract failed: the night stops before training, the champion stays."""
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(night: str | None = None, input_file: str | None = None, config: dict | None = None) -> dict:
+    """One night of the loop.
+
+    Args:
+        night: the night's date (YYYY-MM-DD, default today in UTC); rerunning a night re-ingests
+            the same stream batch, which adds nothing.
+        input_file: a shop's export of new messages (the configured format) to ingest instead of
+            the replayed stream.
+        config: settings overrides, e.g. ``{"student": {"epochs": 4}}``.
+    """
+    settings = settings_from_json(config)
+    night = night or _today()
+    run_id = t.start_night_run(settings, night, "nightly")
+    try:
+        report = t.ingest(settings, night, input_file, run_id)
+        if report["batch_failures"]:
+            raise NightStopped("; ".join(report["batch_failures"]))
+        ref = t.resolve_teacher(settings)
+        shards = t.plan_relabel(settings, ref)
+        labeled = t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+        label_contract = t.check_labels(settings, ref, night, run_id)
+        candidate = t.train_student(settings, ref, night, run_id)
+        evaluation = t.evaluate(settings, ref, candidate, run_id)
+        decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
+        meta = t.lineage(settings, ref, night, run_id, evaluation)
+        version = t.register(settings, evaluation, candidate, decision, meta)
+        published = t.promote(settings, version, candidate, meta, why=f"gate passed, night {night}",
+                              by=f"nightly:{run_id}") if decision.passed else None
+        summary = t.summarize(settings, night, run_id, report, labeled, candidate, evaluation,
+                              decision, version, published)
+        t.finish(settings, run_id, summary)
+        return summary
+    except Exception as exc:
+        t.abort(settings, run_id, exc)
+        raise

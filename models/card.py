@@ -1,0 +1,28 @@
+"""The model card: why a version was or was not promoted, in Markdown."""
+
+from __future__ import annotations
+
+from models.evaluate import EvalResult
+from models.gate import GateDecision
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def render_card(name: str, version: str, decision: GateDecision, results: dict[str, EvalResult],
+                meta: dict, history: list[dict]) -> str:
+    """Markdown: decision, every gate check, metrics side by side, lineage, promotion history."""
+    lines = [f"# {name} v{version}", "",
+             f"**Gate: {'PASS' if decision.passed else 'FAIL'}** — {decision.reason()}", "",
+             "## Gate checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {c.name} | {_fmt(c.value)} | {c.op} {_fmt(c.threshold)} | {'pass' if c.passed else 'FAIL'} "
+              f"| {c.detail} |" for c in decision.checks]
+    lines += ["", "## Golden set", "", "| model | accuracy | macro-F1 | agreement w/ teacher | size MB | p50 ms | p95 ms |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.agreement_with_teacher)} | "
+              f"{_fmt(r.size_mb, 2)} | {_fmt(r.p50_ms, 2)} | {_fmt(r.p95_ms, 2)} |" for k, r in results.items()]
+    lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in meta.items()]
+    lines += ["", "## Promotion history", ""]
+    lines += [f"- {h['at']}: {h['action']} v{h['from']} → v{h['to']} by {h['by']}: {h['why']}" for h in history] or ["- none yet"]
+    return "\n".join(lines) + "\n"

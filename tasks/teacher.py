@@ -1,0 +1,58 @@
+"""Prefect tasks of the teacher bootstrap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data_contracts.datasets import load_split
+from edgeloop.config import Settings
+from models import pipeline, registry, tracking
+from models.teacher import base_model_path
+
+
+@task(name="fine-tune-teacher", cache_policy=NO_CACHE)
+def fine_tune(settings: Settings) -> dict:
+    """Fine-tune on the seed and evaluate on golden, in an MLflow run; returns the run and metrics."""
+    import mlflow
+
+    split = load_split(settings.dataset)
+    out = settings.home_path() / "work" / "teacher"
+    logger = get_run_logger()
+    registry.client(settings.tracking_uri())
+    exp = registry.ensure_experiment(settings.tracking_uri(), settings.mlflow.experiment, settings.artifact_root())
+    with mlflow.start_run(experiment_id=exp, run_name="teacher-bootstrap",
+                          tags={"edgeloop.flow": "teacher-bootstrap", "split_hash": split.split_hash}) as run:
+        mlflow.log_params({f"teacher.{k}": v for k, v in settings.teacher.model_dump().items()})
+        mlflow.log_params({"dataset": settings.dataset.name, "split_hash": split.split_hash,
+                           "base_model": str(base_model_path(settings.teacher))})
+
+        def on_epoch(e):
+            logger.info("teacher %s", e.line(settings.teacher.epochs))
+            mlflow.log_metric("loss", e.loss, step=e.epoch)
+
+        info, result = pipeline.bootstrap_teacher(settings, split, out, on_epoch=on_epoch)
+        tracking.log_eval("golden.", result)
+        tracking.log_eval_artifacts({"teacher": result})
+        mlflow.log_artifacts(str(out / "model"), "model")
+    logger.info("teacher golden accuracy %.4f, macro-F1 %.4f on %d rows", result.accuracy, result.macro_f1, result.n)
+    return {"run_id": run.info.run_id, "accuracy": result.accuracy, "macro_f1": result.macro_f1,
+            "n_train": info["n_train"], "split_hash": split.split_hash}
+
+
+@task(name="register-teacher", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register_teacher(settings: Settings, trained: dict, promote: bool) -> dict:
+    """Register the run's model as a new teacher version; alias it ``production`` if asked."""
+    name = settings.teacher.registered_name
+    version = registry.register_version(settings.tracking_uri(), name, trained["run_id"], "model",
+                                        tags={"golden.accuracy": trained["accuracy"],
+                                              "golden.macro_f1": trained["macro_f1"],
+                                              "split_hash": trained["split_hash"]})
+    if promote:
+        registry.client(settings.tracking_uri()).set_registered_model_alias(name, settings.teacher.alias, version)
+    create_table_artifact(key="teacher", table=[{**trained, "version": version, "promoted": promote}])
+    get_run_logger().info("registered %s v%s%s", name, version, f" as @{settings.teacher.alias}" if promote else "")
+    return {**trained, "version": version, "name": name}
