@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from edgeloop.config import DatasetConfig
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -34,6 +37,13 @@ def read_table(path: Path, cfg: DatasetConfig) -> pd.DataFrame:
         raise DatasetError(f"data file {path} does not exist")
     if path.stat().st_size == 0:
         raise DatasetError(f"data file {path} is empty")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+        line = data[:exc.start].count(b"\n") + 1
+        raise DatasetError(f"{path} is not valid UTF-8: byte {exc.start} (line {line}) is "
+                           f"{data[exc.start:exc.start + 1]!r}; export the file as UTF-8") from None
     try:
         if cfg.format == "csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
@@ -54,19 +64,32 @@ def read_table(path: Path, cfg: DatasetConfig) -> pd.DataFrame:
 
 
 def load_dataset(cfg: DatasetConfig, path: Path | None = None, require_labels: bool = True) -> pd.DataFrame:
-    """Load the configured data set as ``message_id, text, label`` (duplicate texts dropped)."""
+    """Load the configured data set as ``message_id, text, label``.
+
+    With ``require_labels`` (the bundled, labelled data set) blank and repeated texts are dropped
+    and counted in the log. Without it (a shop's export of new messages) every row is kept, so
+    that the data contracts quarantine bad ones with a reason instead of them vanishing here.
+    """
     path = path or cfg.resolved_path()
     raw = read_table(path, cfg)
+    if raw.empty:
+        raise DatasetError(f"{path} has a header but no data rows")
     needed = [cfg.text_column] + ([cfg.label_column] if require_labels else [])
     missing = [c for c in needed if c not in raw.columns]
     if missing:
         raise DatasetError(f"{path}: column(s) {missing} not found; it has {list(raw.columns)} "
                            f"(set dataset.text_column / dataset.label_column)")
-    df = pd.DataFrame({"text": raw[cfg.text_column].astype("string")})
+    text = raw[cfg.text_column]
+    df = pd.DataFrame({"text": text.where(text.map(lambda v: isinstance(v, str)), None).astype(object)})
     df["label"] = raw[cfg.label_column].astype("string") if cfg.label_column in raw.columns else pd.NA
-    df = df[df["text"].notna() & (df["text"].str.strip() != "")]
-    df["message_id"] = df["text"].map(message_id)
+    df["message_id"] = df["text"].map(lambda t: message_id(t) if isinstance(t, str) else None)
+    if not require_labels:
+        return df[["message_id", "text", "label"]].reset_index(drop=True)
+    n = len(df)
+    df = df[df["text"].notna() & (df["text"].str.strip() != "") & df["label"].notna()]
     df = df.drop_duplicates("message_id", keep="first").reset_index(drop=True)
+    if len(df) < n:
+        log.info("%s: %d of %d rows kept (blank, unlabelled or repeated texts dropped)", path, len(df), n)
     if cfg.max_rows:
         df = df.sample(n=min(cfg.max_rows, len(df)), random_state=cfg.split_seed).reset_index(drop=True)
     return df[["message_id", "text", "label"]]

@@ -16,9 +16,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "contracts"
 NOW = pd.Timestamp("2025-06-01", tz="UTC")
 
 
-def load(name: str, fmt: str = "csv") -> pd.DataFrame:
+def load(name: str, fmt: str = "csv", export: bool = False) -> pd.DataFrame:
+    """Read a fixture as the labelled data set, or (``export``) as a shop's export of new messages."""
     cfg = DatasetConfig(path=str(FIXTURES / name), format=fmt, text_column="instruction", label_column="intent")
-    return load_dataset(cfg)
+    return load_dataset(cfg, require_labels=not export)
 
 
 def as_raw(df: pd.DataFrame) -> pd.DataFrame:
@@ -37,9 +38,10 @@ def test_embedded_newlines_quotes_and_commas_are_read_as_single_rows():
     assert res.ok and res.rows_accepted == 3  # a newline inside a message is valid text
 
 
-@pytest.mark.parametrize("name", ["latin1.csv", "binary.csv"])
-def test_non_utf8_file_is_a_dataset_error(name):
-    with pytest.raises(DatasetError, match=r"is not valid UTF-8 .*export it as UTF-8"):
+@pytest.mark.parametrize(("name", "where"), [("latin1.csv", r"byte 22 \(line 2\) is b'\\xe9'"),
+                                           ("binary.csv", r"byte 3 \(line 1\)")])
+def test_non_utf8_file_is_a_dataset_error_naming_the_byte(name, where):
+    with pytest.raises(DatasetError, match=rf"is not valid UTF-8: {where}.*export the file as UTF-8"):
         load(name)
 
 
@@ -48,9 +50,13 @@ def test_empty_file_is_a_dataset_error():
         load("empty.csv")
 
 
-def test_header_only_file_gives_no_rows_and_the_contract_stops_the_batch():
-    df = load("header_only.csv")
-    assert len(df) == 0 and list(df.columns) == ["message_id", "text", "label"]
+def test_header_only_file_is_a_dataset_error():
+    with pytest.raises(DatasetError, match="has a header but no data rows"):
+        load("header_only.csv", export=True)
+
+
+def test_no_rows_at_all_stop_the_batch_in_the_contract():
+    df = pd.DataFrame({"message_id": [], "text": [], "label": []})
     res = validate_raw_messages(as_raw(df), ["track_order"], now=NOW)
     assert res.batch_failures == ["rows: expected at least 1 row(s); got 0"]
 
@@ -98,9 +104,17 @@ def test_blank_texts_and_duplicates_are_dropped_by_load_dataset():
     assert load("blanks_and_dupes.csv")["text"].tolist() == ["hello"]
 
 
-def test_non_string_json_values_are_stringified_by_load_dataset():
+def test_non_string_text_in_an_export_is_kept_and_quarantined_not_lost():
+    df = load("odd_values.jsonl", fmt="jsonl", export=True)
+    assert df["text"].tolist() == ["hello", None]
+    res = validate_raw_messages(as_raw(df), ["track_order"], now=NOW)
+    assert res.rows_in == 2 and res.rows_accepted == 1 and res.rows_quarantined == 1
+    assert "text" in res.quarantined["reason"].iloc[0]
+
+
+def test_labelled_data_set_drops_rows_without_text_or_label():
     df = load("odd_values.jsonl", fmt="jsonl")
-    assert df["text"].tolist() == ["hello", "{'nested': 1}"] and df["label"].isna().tolist() == [False, True]
+    assert df["text"].tolist() == ["hello"] and df["label"].tolist() == ["track_order"]
 
 
 def test_bundled_bitext_passes_the_raw_and_no_pii_contracts_after_redaction():
