@@ -146,6 +146,11 @@ class Settings(_Section):
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")
+    runner: Literal["thread", "dask"] = Field(
+        "thread", description="Task runner of the relabel fan-out: thread (in-process) or dask.")
+    dask_address: str = Field("", description="Scheduler of an existing Dask cluster (tcp://host:8786); "
+                              "empty = a temporary LocalCluster of `dask_workers` processes.")
+    dask_workers: int = Field(2, gt=0, description="Workers of the temporary LocalCluster.")
 
     @field_validator("home")
     @classmethod
