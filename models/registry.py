@@ -98,19 +98,27 @@ def read_history(home: Path, name: str) -> list[dict]:
 
 
 def move_champion(tracking_uri: str, home: Path, name: str, version: str, *, why: str, by: str,
-                  action: str = "promote") -> dict:
+                  action: str = "promote", **extra: object) -> dict:
     """Point ``champion`` at ``version`` (the old one becomes ``previous_champion``) and record it.
 
     ``champion`` moves in one registry call, last: a crash before it leaves the old champion
-    serving. The entry is appended to the durable history only once the alias has moved.
+    serving. The entry is appended to the durable history only once the alias has moved;
+    ``extra`` fields (e.g. an override of a failed gate) are recorded in it.
     """
     c = client(tracking_uri)
     old = alias_version(tracking_uri, name, CHAMPION)
     if old and old != str(version):
         c.set_registered_model_alias(name, PREVIOUS_CHAMPION, old)
     c.set_registered_model_alias(name, CHAMPION, str(version))
-    entry = {"model": name, "action": action, "from": old, "to": str(version), "why": why, "by": by,
-             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return append_history(home, name, action=action, from_version=old, to_version=str(version), why=why, by=by,
+                          **extra)
+
+
+def append_history(home: Path, name: str, *, action: str, from_version: str | None, to_version: str,
+                   why: str, by: str, **extra: object) -> dict:
+    """Append one durable (fsynced) entry to the promotion history and return it."""
+    entry = {"model": name, "action": action, "from": from_version, "to": str(to_version), "why": why,
+             "by": by, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
     path = history_path(home, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
@@ -118,3 +126,14 @@ def move_champion(tracking_uri: str, home: Path, name: str, version: str, *, why
         f.flush()
         os.fsync(f.fileno())
     return entry
+
+
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    """Tags of one model version (raises MlflowException when the version does not exist)."""
+    return dict(client(tracking_uri).get_model_version(name, str(version)).tags)
+
+
+def list_versions(tracking_uri: str, name: str) -> list[str]:
+    """Every registered version of ``name`` (empty when the model is not registered yet)."""
+    found = client(tracking_uri).search_model_versions(f"name='{name}'")
+    return sorted((str(mv.version) for mv in found), key=int)
