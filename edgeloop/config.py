@@ -146,6 +146,8 @@ class Settings(_Section):
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")
+    feedback_dir: str = Field("", description="Spool folder where devices (or an upload endpoint) drop "
+                              "feedback *.jsonl files; empty = <home>/feedback/inbox.")
     runner: Literal["thread", "dask"] = Field(
         "thread", description="Task runner of the relabel fan-out: thread (in-process) or dask.")
     dask_address: str = Field("", description="Scheduler of an existing Dask cluster (tcp://host:8786); "
@@ -178,6 +180,14 @@ class Settings(_Section):
 
     def bundles_root(self) -> Path:
         return self.home_path() / "bundles"
+
+    def feedback_inbox(self) -> Path:
+        """Where the night picks up feedback files (see :attr:`feedback_dir`)."""
+        return Path(self.feedback_dir).expanduser() if self.feedback_dir else self.home_path() / "feedback" / "inbox"
+
+    def feedback_processed(self) -> Path:
+        """Where inbox files move once their events are in the lake."""
+        return self.home_path() / "feedback" / "processed"
 
     def to_flat_params(self) -> dict[str, Any]:
         """Flatten to ``section.field`` keys for MLflow params."""
