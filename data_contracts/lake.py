@@ -5,6 +5,7 @@
 * ``labels/<teacher_version>/part-<hash>.parquet``: teacher soft labels; the cache key is
   (message_id, teacher_version).
 * ``quarantine/received_date=.../part-<hash>.parquet``: rows a contract rejected, with a reason.
+* ``feedback/received_date=.../part-<hash>.parquet``: edge feedback events, one per ``event_id``.
 * ``nights/<night>.json``: which stream batch a night ingested, so a rerun re-reads the same one.
 
 Parts are written to a temporary name and renamed, so a crash never leaves half a file behind.
@@ -23,6 +24,9 @@ import numpy as np
 import pandas as pd
 
 MESSAGE_COLUMNS = ["message_id", "text", "source", "gold_label", "received_at"]
+#: ``lake/feedback`` rows: the feedback contract's columns keyed by the device's ``event_id``.
+FEEDBACK_LAKE_COLUMNS = ["event_id", "device_id", "model_version", "message_id", "predicted", "accepted",
+                         "corrected_label", "at"]
 
 
 class Lake:
@@ -105,6 +109,29 @@ class Lake:
         fix = msgs["message_id"].map(latest["gold_label"])
         msgs["gold_label"] = fix.where(fix.notna(), msgs["gold_label"])
         return msgs
+
+    # ---- edge feedback ------------------------------------------------------------
+    def append_feedback(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Append feedback events (:data:`FEEDBACK_LAKE_COLUMNS`) not yet in the lake.
+
+        Idempotent by ``event_id``: returns the rows actually added (empty on a re-ingest).
+        """
+        new = df[~df["event_id"].isin(set(self.feedback()["event_id"]))].drop_duplicates("event_id")
+        if new.empty:
+            return new[FEEDBACK_LAKE_COLUMNS].reset_index(drop=True)
+        out = new[FEEDBACK_LAKE_COLUMNS].reset_index(drop=True).astype(
+            {"event_id": str, "device_id": str, "model_version": str, "message_id": str, "predicted": str,
+             "accepted": bool})
+        out["corrected_label"] = out["corrected_label"].astype("string")
+        out["at"] = pd.to_datetime(out["at"], utc=True, format="ISO8601")
+        day = out["at"].min()
+        self._write_part(self.root / "feedback" / f"received_date={day:%Y-%m-%d}", out)
+        return out
+
+    def feedback(self) -> pd.DataFrame:
+        """Every feedback event in the lake, one row per ``event_id``."""
+        df = self._read_parts(self.root / "feedback", FEEDBACK_LAKE_COLUMNS)
+        return df.drop_duplicates("event_id", keep="first").reset_index(drop=True) if len(df) else df
 
     # ---- quarantine -----------------------------------------------------------
     def quarantine(self, df: pd.DataFrame, at: datetime | None = None) -> int:
