@@ -23,6 +23,8 @@ OFFLINE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_LOGGING_LEVEL": "INFO",
+    # Library loggers (logging.getLogger(__name__)) also reach the Prefect run logs and the UI.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "models,data_contracts,edgeloop,flows,tasks",
 }
 
 
@@ -36,6 +38,7 @@ def prepare_process(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri())
     os.environ["EDGELOOP_HOME"] = str(home)
     quiet_libraries()
+    library_log_levels()
 
 
 def quiet_libraries() -> None:
@@ -53,6 +56,30 @@ def quiet_libraries() -> None:
         transformers.logging.disable_progress_bar()
     except ImportError:  # the edge runtime has no transformers
         pass
+
+
+def task_runner(settings: Settings):
+    """The task runner that fans out relabeling: Prefect's thread pool, or Dask when configured.
+
+    ``runner: dask`` with ``dask_address`` connects to that scheduler; without one, a temporary
+    ``LocalCluster`` of ``dask_workers`` single-threaded worker processes lives as long as the run.
+    """
+    if settings.runner == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": settings.dask_workers, "threads_per_worker": 1,
+                                         "processes": True, "dashboard_address": None})
+
+
+def library_log_levels() -> None:
+    """Our library loggers log at INFO (Prefect's root config is WARNING), so they show in run logs."""
+    for name in OFFLINE_ENV["PREFECT_LOGGING_EXTRA_LOGGERS"].split(","):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def work_dir(settings: Settings, *parts: str) -> Path:
