@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, unmapped
+from prefect import flow
 
 from edgeloop.config import settings_from_json
+from edgeloop.ops import exclusive_night, mark_completed
+from flows.relabel import relabel_all
 from tasks import night as t
 
 
@@ -19,7 +21,8 @@ def _today() -> str:
 
 
 @flow(name="nightly", log_prints=True)
-def nightly(night: str | None = None, input_file: str | None = None, config: dict | None = None) -> dict:
+def nightly(night: str | None = None, input_file: str | None = None, config: dict | None = None,
+            force: bool = False) -> dict:
     """One night of the loop.
 
     Args:
@@ -28,9 +31,23 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
         input_file: a shop's export of new messages (the configured format) to ingest instead of
             the replayed stream.
         config: settings overrides, e.g. ``{"student": {"epochs": 4}}``.
+        force: run a night the ledger records as completed again (otherwise it is skipped).
+
+    Only one night runs at a time (``edgeloop.ops.exclusive_night``); a night that finds another
+    running, or finds itself already completed, returns ``{"night": ..., "skipped": reason}``.
     """
     settings = settings_from_json(config)
     night = night or _today()
+    with exclusive_night(settings, night, force=force) as skipped:
+        if skipped:
+            return {"night": night, "skipped": skipped}
+        summary = _night(settings, night, input_file)
+        mark_completed(settings, night, summary)
+        return summary
+
+
+def _night(settings, night: str, input_file: str | None) -> dict:
+    """The night's steps, run under :func:`nightly`'s guard."""
     run_id = t.start_night_run(settings, night, "nightly")
     try:
         report = t.ingest(settings, night, input_file, run_id)
@@ -38,7 +55,7 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
             raise NightStopped("; ".join(report["batch_failures"]))
         ref = t.resolve_teacher(settings)
         shards = t.plan_relabel(settings, ref)
-        labeled = t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+        labeled = relabel_all(settings, ref, shards)
         label_contract = t.check_labels(settings, ref, night, run_id)
         candidate = t.train_student(settings, ref, night, run_id)
         evaluation = t.evaluate(settings, ref, candidate, run_id)

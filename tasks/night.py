@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from functools import partial
@@ -24,7 +25,7 @@ def _lake(settings: Settings) -> Lake:
     return Lake(settings.home_path() / "lake")
 
 
-@task(name="start-night-run")
+@task(name="start-night-run", retries=2, retry_delay_seconds=[2, 10])
 def start_night_run(settings: Settings, night: str, flow_name: str) -> str:
     """Open the night's parent MLflow run; returns its id."""
     split = load_split(settings.dataset)
@@ -37,8 +38,18 @@ def start_night_run(settings: Settings, night: str, flow_name: str) -> str:
 
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
 def ingest(settings: Settings, night: str, input_file: str | None, parent_run_id: str) -> dict:
-    """Redact, validate and append tonight's arrivals (and the seed on the first night)."""
+    """Redact, validate and append tonight's arrivals (and the seed on the first night).
+
+    A rerun of a night whose ingest finished (ledger record + saved report) reuses that report.
+    """
     from data_contracts.ingest import ingest_night
+
+    saved = settings.home_path() / "work" / night / "ingest_report.json"
+    record = _lake(settings).night_record(night)
+    if record and saved.exists() and record.get("input_file") == input_file:
+        get_run_logger().info("night %s was ingested at %s: reusing its report, nothing re-ingested",
+                              night, record.get("ingested_at"))
+        return {**json.loads(saved.read_text()), "resumed": True}
 
     split = load_split(settings.dataset)
     report = ingest_night(settings, split, _lake(settings), night, input_file)
@@ -54,6 +65,8 @@ def ingest(settings: Settings, night: str, input_file: str | None, parent_run_id
         for path in report.report_files:
             mlflow.log_artifact(path, "contracts")
     create_table_artifact(key="contracts", table=report.contracts, description=f"Data contracts, night {night}")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(report.to_dict(), default=str))
     return report.to_dict()
 
 
@@ -62,7 +75,7 @@ def resolve_teacher(settings: Settings) -> pipeline.TeacherRef:
     return pipeline.resolve_teacher(settings)
 
 
-@task(name="plan-relabel")
+@task(name="plan-relabel", retries=2, retry_delay_seconds=[2, 10])
 def plan_relabel(settings: Settings, ref: pipeline.TeacherRef) -> list[list[str]]:
     """Shards of the message ids this teacher version has not labeled yet."""
     shards = pipeline.pending_shards(_lake(settings), ref, settings.teacher.relabel_shards)
@@ -80,6 +93,9 @@ def relabel_shard(settings: Settings, ref: pipeline.TeacherRef, ids: list[str]) 
 @task(name="train-student")
 def train_student(settings: Settings, ref: pipeline.TeacherRef, night: str, parent_run_id: str) -> dict:
     """Distill, quantize and export the candidate; returns its folder and training summary."""
+    from edgeloop.ops import test_crash_point
+
+    test_crash_point("train-student")
     split = load_split(settings.dataset)
     out = settings.home_path() / "work" / night / "candidate"
     with tracking.step_run(settings, parent_run_id, "distill") as run:
@@ -143,7 +159,7 @@ def promote(settings: Settings, version: str, candidate: dict, meta: dict, why: 
     return pipeline.promote_and_publish(settings, version, Path(candidate["folder"]), meta, why, by)
 
 
-@task(name="finish-night-run")
+@task(name="finish-night-run", retries=2, retry_delay_seconds=[2, 10])
 def finish(settings: Settings, parent_run_id: str, summary: dict) -> None:
     """Close the parent run with the night's summary and show it in Prefect."""
     import mlflow
@@ -224,7 +240,7 @@ def summarize(settings: Settings, night: str, run_id: str, report: dict, labeled
     }
 
 
-@task(name="abort-night-run")
+@task(name="abort-night-run", retries=1, retry_delay_seconds=2)
 def abort(settings: Settings, parent_run_id: str, exc: BaseException) -> None:
     """Mark the parent run failed with the reason; the champion is untouched."""
     from models import registry

@@ -1,0 +1,23 @@
+"""Relabel fan-out: the shards of a night's new messages, on Prefect's threads or on Dask."""
+
+from __future__ import annotations
+
+from prefect import flow, unmapped
+
+from edgeloop.config import Settings
+from edgeloop.runtime import task_runner
+from models.pipeline import TeacherRef
+from tasks import night as t
+
+
+@flow(name="relabel", log_prints=True)
+def relabel(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
+    """Label every shard with the teacher (one task per shard); returns each shard's contract accounting."""
+    return t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+
+
+def relabel_all(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
+    """Run the shards on the night's own runner (``runner: thread``) or in a Dask subflow (``runner: dask``)."""
+    if settings.runner == "thread" or not shards:
+        return t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+    return relabel.with_options(task_runner=task_runner(settings))(settings=settings, ref=ref, shards=shards)
