@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     night.add_argument("--night", help="the night's date, YYYY-MM-DD (default: today, UTC)")
     night.add_argument("--input", metavar="FILE",
                        help="a shop's export of new messages (configured format) instead of the replayed stream")
+    night.add_argument("--force", action="store_true", help="run the night even if the ledger says it completed")
     _common(night)
     boot = sub.add_parser("bootstrap-teacher", help="fine-tune and register the teacher",
                           description="Fine-tune the MiniLM teacher on the seed and register teacher@production.")
@@ -82,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "night":
             from flows.nightly import nightly
 
-            summary = nightly(night=args.night, input_file=args.input, config=config)
+            summary = nightly(night=args.night, input_file=args.input, config=config, force=args.force)
+            if summary.get("skipped"):
+                _print_summary("night skipped", summary, args.json)
+                return 0
             summary["where_to_look"] = (f"mlflow ui --backend-store-uri {settings.tracking_uri()}  → experiment "
                                         f"'{settings.mlflow.experiment}', run {summary['mlflow_run_id']}; "
                                         f"Models → {summary['model_name']} v{summary['model_version']}")
