@@ -24,5 +24,15 @@ def render_card(name: str, version: str, decision: GateDecision, results: dict[s
               f"{_fmt(r.size_mb, 2)} | {_fmt(r.p50_ms, 2)} | {_fmt(r.p95_ms, 2)} |" for k, r in results.items()]
     lines += ["", "## Lineage", ""] + [f"- {k}: `{v}`" for k, v in meta.items()]
     lines += ["", "## Promotion history", ""]
-    lines += [f"- {h['at']}: {h['action']} v{h['from']} → v{h['to']} by {h['by']}: {h['why']}" for h in history] or ["- none yet"]
+    lines += history_lines(history)
     return "\n".join(lines) + "\n"
+
+
+def history_lines(history: list[dict]) -> list[str]:
+    """Markdown bullets, oldest first: when, what, from → to, who, why (and any gate override)."""
+    def v(x) -> str:
+        return f"v{x}" if x else "—"
+
+    return [f"- {h.get('at')}: **{h.get('action')}** {v(h.get('from'))} → {v(h.get('to'))} by {h.get('by')}: "
+            f"{h.get('why')}{' (**failed gate overridden**)' if h.get('override_failed_gate') else ''}"
+            for h in history] or ["- none yet"]

@@ -242,16 +242,21 @@ def register_candidate(settings: Settings, run_id: str, candidate_dir: Path, dec
 
 def promote_and_publish(settings: Settings, version: str, candidate_dir: Path, meta: dict, why: str,
                         by: str) -> dict:
-    """Move ``champion`` to ``version``, then build the signed bundle and publish it to canary."""
-    from models.bundle import build_bundle, ensure_signing_key, publish_channel
+    """Build the signed bundle from ``candidate_dir``, then promote ``version`` to champion + canary.
 
-    name = settings.mlflow.student_model_name
+    Refuses (``models.rollout.PromotionRefused``) a version whose gate did not pass, before any
+    file is written. The order (bundle → tags → alias → channel) and the invariant it keeps
+    are documented in :mod:`models.rollout`.
+    """
+    from models import rollout
+    from models.bundle import build_bundle, ensure_signing_key
+
+    rollout.check_promotable(settings, version, why)
     ensure_signing_key(settings.signing_key_path(), settings.public_key_path())
     bundle_dir = settings.bundles_root() / f"v{version}"
     manifest = build_bundle(candidate_dir / "edge", bundle_dir, model_version=f"v{version}",
                             metrics=meta.get("metrics", {}), teacher_version=str(meta.get("teacher_version")),
                             data_hash=str(meta.get("split_hash")), backend=settings.student.quantize,
                             signing_key=settings.signing_key_path())
-    entry = registry.move_champion(settings.tracking_uri(), settings.home_path(), name, version, why=why, by=by)
-    publish_channel(settings.bundles_root(), "canary", f"v{version}", reason=why)
-    return {"promotion": entry, "bundle": str(bundle_dir), "manifest_files": sorted(manifest.get("files", {}))}
+    result = rollout.promote_version(settings, version, why, by)
+    return {"promotion": result["promotion"], "bundle": str(bundle_dir), "manifest_files": sorted(manifest.get("files", {}))}
