@@ -10,6 +10,7 @@ from edgeloop.config import settings_from_json
 from edgeloop.ops import exclusive_night, mark_completed
 from flows.relabel import relabel_all
 from tasks import night as t
+from tasks import registry as rollout
 
 
 class NightStopped(RuntimeError):
@@ -50,6 +51,8 @@ def _night(settings, night: str, input_file: str | None) -> dict:
     """The night's steps, run under :func:`nightly`'s guard."""
     run_id = t.start_night_run(settings, night, "nightly")
     try:
+        t.ingest_feedback(settings, night, run_id)  # device feedback: corrections become gold
+        rollout.settle_canary(settings, by=f"nightly:{run_id}")  # canary → stable, or rolled back
         report = t.ingest(settings, night, input_file, run_id)
         if report["batch_failures"]:
             raise NightStopped("; ".join(report["batch_failures"]))

@@ -248,3 +248,25 @@ def abort(settings: Settings, parent_run_id: str, exc: BaseException) -> None:
     c = registry.client(settings.tracking_uri())
     c.set_tag(parent_run_id, "failure_reason", f"{type(exc).__name__}: {exc}"[:5000])
     tracking.end_run(settings, parent_run_id, "FAILED")
+
+
+@task(name="ingest-feedback", retries=2, retry_delay_seconds=[2, 10])
+def ingest_feedback(settings: Settings, night: str, parent_run_id: str) -> dict:
+    """Device feedback from the inbox into the lake; corrected predictions become gold labels."""
+    from data_contracts.ingest import ingest_feedback as ingest_events
+    from models import registry
+
+    split = load_split(settings.dataset)
+    known = {f"v{v}" for v in registry.list_versions(settings.tracking_uri(), settings.mlflow.student_model_name)}
+    report = ingest_events(_lake(settings), settings.feedback_inbox(), settings.feedback_processed(),
+                           split.labels, known)
+    with tracking.step_run(settings, parent_run_id, "feedback"):
+        import mlflow
+
+        mlflow.log_metrics({k: v for k, v in report.to_dict().items() if isinstance(v, int)})
+    if report.contracts:
+        create_table_artifact(key="feedback-contracts", table=report.contracts,
+                              description=f"Feedback contracts, night {night}")
+    get_run_logger().info("feedback: %d new event(s), %d quarantined, %d correction(s) now gold",
+                          report.events_in, report.events_quarantined, report.corrections_added)
+    return report.to_dict()
