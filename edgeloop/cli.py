@@ -54,7 +54,53 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--if-missing", action="store_true",
                       help="do nothing when a teacher is already registered under the production alias")
     _common(boot)
+    prom = sub.add_parser("promote", help="promote a reviewed student version to champion + canary",
+                          description="Move champion to VERSION and publish its bundle to the canary channel.")
+    prom.add_argument("version", metavar="VERSION", help="registry version of the student (3 or v3)")
+    prom.add_argument("--reason", required=True, help="why (recorded in the promotion history)")
+    prom.add_argument("--override-failed-gate", action="store_true",
+                      help="allow a version whose gate failed (the reason is recorded as the override)")
+    prom.add_argument("--by", help="who (default: the current user)")
+    _common(prom)
+    back = sub.add_parser("rollback", help="champion back to previous_champion; republish stable + canary",
+                          description="Move champion back to previous_champion and republish both channels.")
+    back.add_argument("--reason", required=True, help="why (recorded in the history and on the version)")
+    back.add_argument("--by", help="who (default: the current user)")
+    _common(back)
+    hist = sub.add_parser("history", help="print the student's promotion history",
+                          description="Every promotion, rollback and stable release, oldest first.")
+    hist.add_argument("--last", type=int, default=0, help="only the last N entries")
+    _common(hist)
     return parser
+
+
+def _history(settings, last: int, as_json: bool) -> None:
+    from models.registry import read_history
+
+    history = read_history(settings.home_path(), settings.mlflow.student_model_name)
+    history = history[-last:] if last > 0 else history
+    if as_json:
+        print(json.dumps(history, indent=2))
+        return
+    if not history:
+        print("no promotions yet")
+    for h in history:
+        override = "  [failed gate overridden]" if h.get("override_failed_gate") else ""
+        print(f"{h['at']}  {h['action']:<8} v{h.get('from') or '-'} -> v{h['to']}  by {h['by']}: {h['why']}{override}")
+
+
+def _promotion(args, config: dict) -> dict:
+    if args.command == "promote":
+        from flows.promote import promote
+
+        r = promote(version=args.version, reason=args.reason, by=args.by,
+                    override_failed_gate=args.override_failed_gate, config=config)
+        return {**r["promotion"], "canary": r["channel"]["model_version"], "bundle": r["bundle"]}
+    from flows.promote import rollback
+
+    r = rollback(reason=args.reason, by=args.by, config=config)
+    return {**r["promotion"], "rolled_back": f"v{r['rolled_back']}",
+            "channels": ", ".join(f"{c['channel']}={c['model_version']}" for c in r["channels"])}
 
 
 def _print_summary(title: str, summary: dict, as_json: bool) -> None:
@@ -79,8 +125,13 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_process(settings)
     config = settings.model_dump(mode="json")
+    if args.command == "history":
+        _history(settings, args.last, args.json)
+        return 0
     try:
-        if args.command == "night":
+        if args.command in ("promote", "rollback"):
+            _print_summary(f"{args.command} done", _promotion(args, config), args.json)
+        elif args.command == "night":
             from flows.nightly import nightly
 
             summary = nightly(night=args.night, input_file=args.input, config=config, force=args.force)
