@@ -303,7 +303,7 @@ def judge_canary(feedback: pd.DataFrame, canary: str | None, stable: str | None,
         return CanaryVerdict("wait", f"not enough feedback yet: canary {canary} {n_c}, stable {stable} {n_s} "
                              f"event(s), {need} needed each", canary, stable, **found)
     gap = rate_s - rate_c
-    if gap > cfg.canary_min_acceptance_margin:
+    if gap > cfg.canary_min_acceptance_margin + 1e-9:  # exactly at the margin is healthy (no float noise)
         return CanaryVerdict("rollback", f"canary {canary} acceptance {rate_c:.3f} is {gap:.3f} below stable "
                              f"{stable} {rate_s:.3f} (margin {cfg.canary_min_acceptance_margin}) over "
                              f"{n_c}/{n_s} events", canary, stable, **found)
