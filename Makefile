@@ -42,3 +42,14 @@ bench: setup
 
 clean:
 	rm -rf var .pytest_cache
+
+# ---- operations (scripts/, docs/operations.md): local Prefect + MLflow servers, worker, deployments
+.PHONY: up down status
+up: setup
+	scripts/up.sh
+
+down:
+	scripts/down.sh
+
+status:
+	scripts/status.sh

@@ -18,6 +18,10 @@ def relabel(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> lis
 
 def relabel_all(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
     """Run the shards on the night's own runner (``runner: thread``) or in a Dask subflow (``runner: dask``)."""
+    # transformers resolves its names lazily and that is not thread-safe: two shards importing it
+    # at once can fail with "cannot import name AutoModelForSequenceClassification" (seen on the worker).
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
     if settings.runner == "thread" or not shards:
         return t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
     return relabel.with_options(task_runner=task_runner(settings))(settings=settings, ref=ref, shards=shards)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Stop exactly what scripts/up.sh started: the process groups whose leaders' PIDs are in
+# $EDGELOOP_HOME/run/*.pid (worker first, so no flow run starts while the servers go away).
+set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+stop() {  # stop NAME: TERM the process group, KILL it after ${STOP_TIMEOUT:-20}s
+  local f="$RUN/$1.pid" pid t0=$SECONDS
+  [[ -f "$f" ]] || { echo "down: $1 not started by up"; return 0; }
+  pid="$(cat "$f")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS - t0 < ${STOP_TIMEOUT:-20} )); do sleep 0.3; done
+    if kill -0 "$pid" 2>/dev/null; then
+      echo "down: $1 (pid $pid) ignored TERM for ${STOP_TIMEOUT:-20}s: KILL"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+    fi
+    echo "down: stopped $1 (pid $pid) in $((SECONDS - t0))s"
+  else
+    echo "down: $1 (pid $pid) was not running"
+  fi
+  rm -f "$f"
+}
+stop worker
+stop mlflow
+stop prefect-server

@@ -1,0 +1,39 @@
+# Shared settings of scripts/up.sh, down.sh, status.sh (sourced, not run).
+# Everything binds to 127.0.0.1; ports and the home come from the environment.
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export EDGELOOP_HOME="${EDGELOOP_HOME:-$REPO/var}"
+export EDGELOOP_REPO="$REPO"
+export EDGELOOP_TZ="${EDGELOOP_TZ:-UTC}"
+PREFECT_PORT="${PREFECT_PORT:-4200}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+POOL="${EDGELOOP_POOL:-edgeloop-local}"
+BIN="${EDGELOOP_BIN:-$REPO/.venv/bin}"
+RUN="$EDGELOOP_HOME/run"
+PREFECT_URL="http://127.0.0.1:$PREFECT_PORT/api"
+MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
+# Offline box: no telemetry, no hub; library loggers reach the run logs (edgeloop/runtime.py OFFLINE_ENV).
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false \
+  PREFECT_LOGGING_LEVEL=INFO PREFECT_LOGGING_EXTRA_LOGGERS=models,data_contracts,edgeloop,flows,tasks
+# The server's own database, apart from the ephemeral one that `edgeloop` uses without a server.
+export PREFECT_HOME="${PREFECT_HOME_SERVER:-$EDGELOOP_HOME/prefect-server}"
+
+alive() {  # alive NAME: the process in $RUN/NAME.pid is running
+  local f="$RUN/$1.pid"
+  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
+wait_http() {  # wait_http URL SECONDS NAME LOG
+  local url="$1" limit="$2" name="$3" log="$4" t0=$SECONDS
+  until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    if ! alive "$name"; then
+      echo "up: $name exited before it answered $url; last lines of $log:" >&2
+      tail -n 20 "$log" >&2; return 1
+    fi
+    if (( SECONDS - t0 >= limit )); then
+      echo "up: $name did not answer $url within ${limit}s; see $log" >&2; return 1
+    fi
+    sleep 0.5
+  done
+  echo "up: $name healthy at $url after $((SECONDS - t0))s"
+}

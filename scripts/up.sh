@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Start the local production stack, bound to 127.0.0.1:
+#   Prefect server ($PREFECT_PORT, default 4200), MLflow tracking server ($MLFLOW_PORT, default 5000),
+#   work pool edgeloop-local + one process worker, the edgeloop-night concurrency limit, and the
+#   deployments of prefect.yaml. PIDs and logs under $EDGELOOP_HOME/run/. Stop with scripts/down.sh.
+# Parts already running are left alone, so `make up` twice is harmless (and re-deploys).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+mkdir -p "$RUN" "$EDGELOOP_HOME/mlartifacts" "$PREFECT_HOME"
+cd "$REPO"
+
+start() {  # start NAME CMD...: detached in its own session (process group), pid to $RUN/NAME.pid
+  local name="$1"; shift
+  if alive "$name"; then echo "up: $name already running (pid $(cat "$RUN/$name.pid"))"; return 0; fi
+  setsid "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "up: started $name (pid $!, log $RUN/$name.log)"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for pair in "prefect-server:$PREFECT_PORT" "mlflow:$MLFLOW_PORT"; do
+  name="${pair%%:*}" port="${pair##*:}"
+  if ! alive "$name" && ! port_free "$port"; then
+    echo "up: port $port is taken by a process that $0 did not start; set ${name^^}_PORT (e.g. PREFECT_PORT / MLFLOW_PORT)" >&2
+    exit 1
+  fi
+done
+
+t0=$SECONDS
+start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+start mlflow "$BIN/mlflow" server --backend-store-uri "sqlite:///$EDGELOOP_HOME/mlflow.db" \
+  --artifacts-destination "$EDGELOOP_HOME/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+wait_http "$PREFECT_URL/health" "${PREFECT_START_TIMEOUT:-90}" prefect-server "$RUN/prefect-server.log"
+wait_http "$MLFLOW_URL/health" "${MLFLOW_START_TIMEOUT:-120}" mlflow "$RUN/mlflow.log"
+
+export PREFECT_API_URL="$PREFECT_URL"
+"$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
+  || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+echo "up: work pool $POOL ready"
+"$BIN/prefect" global-concurrency-limit inspect edgeloop-night >/dev/null 2>&1 \
+  || "$BIN/prefect" global-concurrency-limit create edgeloop-night --limit 1 >/dev/null
+echo "up: concurrency limit edgeloop-night (1 slot) ready"
+
+t1=$SECONDS
+"$BIN/prefect" --no-prompt deploy --all >"$RUN/deploy.log" 2>&1 \
+  || { echo "up: deploy failed; see $RUN/deploy.log" >&2; tail -n 20 "$RUN/deploy.log" >&2; exit 1; }
+echo "up: deployments applied in $((SECONDS - t1))s ($(grep -c "Deployment '" "$RUN/deploy.log" || true) lines; log $RUN/deploy.log)"
+
+# Flow runs are children of the worker: they inherit this environment, so they log to the
+# Prefect server and track to the MLflow server (the night's settings read EDGELOOP__MLFLOW__*).
+MLFLOW_TRACKING_URI="$MLFLOW_URL" EDGELOOP__MLFLOW__TRACKING_URI="$MLFLOW_URL" \
+  start worker "$BIN/prefect" worker start --pool "$POOL" --name "edgeloop-worker-$(hostname -s)" ${WORKER_ARGS:-}
+echo "up: ready in $((SECONDS - t0))s — Prefect UI http://127.0.0.1:$PREFECT_PORT  MLflow UI $MLFLOW_URL"
+echo "    run a night now:  PREFECT_API_URL=$PREFECT_URL $BIN/prefect deployment run nightly/nightly-adhoc"
