@@ -1,0 +1,137 @@
+"""Manual promotion, rollback, crash safety and the gate on a real MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from models import registry, rollout
+from rollout_fixtures import NAME, aliases, channels, register, settings  # noqa: F401
+from edge_fixtures import edge_model_dirs, signing_keys  # noqa: F401
+
+
+def _channel_bytes(settings):  # noqa: F811
+    folder = settings.bundles_root() / "channels"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*"))} if folder.exists() else {}
+
+
+def test_failed_version_needs_override_and_reason(settings, edge_model_dirs):  # noqa: F811
+    good, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
+    rollout.promote_version(settings, good, "first champion", "alice")
+    before = _channel_bytes(settings)
+    with pytest.raises(rollout.PromotionRefused, match="did not pass the gate"):
+        rollout.promote_version(settings, bad, "looks fine to me", "bob")
+    with pytest.raises(rollout.PromotionRefused, match="needs a reason"):
+        rollout.promote_version(settings, bad, "  ", "bob", override_failed_gate=True)
+    assert _channel_bytes(settings) == before and aliases(settings) == (good, None)
+    assert not (settings.bundles_root() / f"v{bad}").exists()
+
+    out = rollout.promote_version(settings, f"v{bad}", "accuracy floor too strict for this shop; reviewed",
+                                  "bob", override_failed_gate=True)
+    assert out["overridden"] and aliases(settings) == (bad, good) and channels(settings)["canary"] == f"v{bad}"
+    tags = registry.version_tags(settings.tracking_uri(), NAME, bad)
+    assert tags["override.reason"].startswith("accuracy floor") and tags["override.by"] == "bob"
+    entry = registry.read_history(settings.home_path(), NAME)[-1]
+    assert entry["override_failed_gate"] is True and entry["gate_decision"] == "fail" and entry["by"] == "bob"
+
+
+def test_rollback_moves_aliases_and_republishes_rebuilt_bundles(settings, edge_model_dirs):  # noqa: F811
+    v1, v2, v3 = (register(settings, edge_model_dirs[k]) for k in ("v1", "v2", "v3"))
+    for v in (v1, v2, v3):
+        rollout.promote_version(settings, v, f"night {v}", "nightly")
+        rollout.promote_stable(settings, v, "healthy", "nightly")
+    assert aliases(settings) == (v3, v2) and channels(settings) == {"canary": "v3", "stable": "v3"}
+    shutil.rmtree(settings.bundles_root() / f"v{v2}")  # e.g. a cleaned-up bundle store
+
+    out = rollout.rollback(settings, "complaints about refunds", "carol")
+    assert aliases(settings) == (v2, v1)  # previous_champion: the champion before v2, not the bad v3
+    assert channels(settings) == {"canary": f"v{v2}", "stable": f"v{v2}"}
+    assert (settings.bundles_root() / f"v{v2}" / "manifest.json").is_file()
+    assert {c["channel"] for c in out["channels"]} == {"canary", "stable"}
+    tags = registry.version_tags(settings.tracking_uri(), NAME, v3)
+    assert tags["rollout.status"] == "rolled_back" and tags["rollout.reason"] == "complaints about refunds"
+    entry = registry.read_history(settings.home_path(), NAME)[-1]
+    assert (entry["action"], entry["from"], entry["to"], entry["by"]) == ("rollback", v3, v2, "carol")
+    rollout.rollback(settings, "v2 too", "carol")  # and once more: to v1
+    assert aliases(settings) == (v1, None) and channels(settings)["stable"] == f"v{v1}"
+
+
+def test_crash_between_alias_and_channel_is_reconciled(settings, edge_model_dirs, monkeypatch):  # noqa: F811
+    v1, v2 = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
+    rollout.promote_version(settings, v1, "first", "alice")
+    rollout.promote_stable(settings, v1, "first", "alice")
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    # A crash while building the bundle: nothing moved at all.
+    monkeypatch.setattr("models.bundle.build_bundle", boom)
+    with pytest.raises(OSError):
+        rollout.promote_version(settings, v2, "night 2", "nightly")
+    assert aliases(settings) == (v1, None) and channels(settings) == {"canary": "v1", "stable": "v1"}
+    monkeypatch.undo()
+
+    # A crash after the alias moved, before the channel: devices stay on the previous champion
+    # (a version that was champion, never an unpromoted one) ...
+    monkeypatch.setattr(rollout, "_publish", boom)
+    with pytest.raises(OSError):
+        rollout.promote_version(settings, v2, "night 2", "nightly")
+    monkeypatch.undo()
+    assert aliases(settings) == (v2, v1) and channels(settings) == {"canary": "v1", "stable": "v1"}
+    # ... until the next night (or promote/rollback) reconciles: canary follows the champion.
+    moves = rollout.reconcile_channels(settings, "nightly:next")
+    assert [m["channel"] for m in moves] == ["canary"] and channels(settings) == {"canary": "v2", "stable": "v1"}
+    assert rollout.reconcile_channels(settings, "again") == []
+
+    # A rollback that crashed before republishing: stable must not keep a rolled-back version.
+    rollout.promote_stable(settings, v2, "healthy", "nightly")
+    monkeypatch.setattr(rollout, "_publish", boom)
+    with pytest.raises(OSError):
+        rollout.rollback(settings, "bad", "carol")
+    monkeypatch.undo()
+    assert aliases(settings)[0] == v1 and channels(settings) == {"canary": "v2", "stable": "v2"}
+    rollout.reconcile_channels(settings, "nightly:next")
+    assert channels(settings) == {"canary": "v1", "stable": "v1"}
+
+
+def test_failed_gate_publishes_nothing(settings, edge_model_dirs, tmp_path):  # noqa: F811
+    from models.pipeline import promote_and_publish
+
+    good, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
+    rollout.promote_version(settings, good, "first", "alice")
+    rollout.promote_stable(settings, good, "first", "alice")
+    before, history = _channel_bytes(settings), registry.read_history(settings.home_path(), NAME)
+    candidate = tmp_path / "candidate"
+    shutil.copytree(edge_model_dirs["v2"], candidate / "edge")
+    with pytest.raises(rollout.PromotionRefused):
+        promote_and_publish(settings, bad, candidate, {"metrics": {}}, why="gate failed?", by="nightly")
+    assert _channel_bytes(settings) == before and aliases(settings) == (good, None)
+    assert registry.read_history(settings.home_path(), NAME) == history
+    assert not (settings.bundles_root() / f"v{bad}").exists()
+
+
+def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, capsys):  # noqa: F811
+    """The commands, through the real Prefect flows (one test API for this test)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from edgeloop.cli import main
+
+    for key in ("EDGELOOP_HOME", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)  # main() sets them; monkeypatch restores them after
+    v1, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
+    sets = ["--set", f"home={settings.home}", "--set", f"bundle.signing_key={settings.bundle.signing_key}",
+            "--set", f"bundle.public_key={settings.bundle.public_key}"]
+    with prefect_test_harness(server_startup_timeout=120):
+        assert main(["promote", v1, "--reason", "first", "--by", "alice", *sets]) == 0
+        assert main(["promote", bad, "--reason", "try", *sets]) == 1
+        assert "did not pass the gate" in capsys.readouterr().err
+        assert main(["promote", bad, "--reason", "reviewed by hand", "--override-failed-gate", *sets]) == 0
+        assert main(["rollback", "--reason", "complaints", "--by", "carol", *sets]) == 0
+    assert aliases(settings)[0] == v1 and channels(settings) == {"canary": "v1", "stable": "v1"}
+    capsys.readouterr()
+    assert main(["history", "--json", *sets]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert [h["action"] for h in history] == ["promote", "promote", "rollback"]
+    assert history[1]["override_failed_gate"] and history[2]["by"] == "carol"
