@@ -165,7 +165,7 @@ def exclusive_night(settings: Settings, night: str, force: bool = False, use_pre
 CRASH_ENV = "EDGELOOP_TEST_CRASH_AT"
 
 
-def test_crash_point(step: str) -> None:
+def crash_point(step: str) -> None:
     """TEST HOOK, never set in production: ``EDGELOOP_TEST_CRASH_AT=<step>`` SIGKILLs this process
     when the night reaches ``step`` (as an OOM kill or a power cut would), so tests can show
     that the rerun resumes. Only ``train-student`` calls it."""

@@ -93,9 +93,9 @@ def relabel_shard(settings: Settings, ref: pipeline.TeacherRef, ids: list[str]) 
 @task(name="train-student")
 def train_student(settings: Settings, ref: pipeline.TeacherRef, night: str, parent_run_id: str) -> dict:
     """Distill, quantize and export the candidate; returns its folder and training summary."""
-    from edgeloop.ops import test_crash_point
+    from edgeloop.ops import crash_point
 
-    test_crash_point("train-student")
+    crash_point("train-student")  # test hook: a no-op unless EDGELOOP_TEST_CRASH_AT=train-student
     split = load_split(settings.dataset)
     out = settings.home_path() / "work" / night / "candidate"
     with tracking.step_run(settings, parent_run_id, "distill") as run:
