@@ -181,6 +181,8 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
     if not files:
         return report
     events = pd.DataFrame(collect_feedback(inbox), columns=list(FIELDS))
+    # Devices write ISO strings; the contract checks real timestamps (unparseable → NaT → quarantined).
+    events["at"] = pd.to_datetime(events["at"], utc=True, format="ISO8601", errors="coerce")
     fresh = events[~events["event_id"].isin(set(lake.feedback()["event_id"]))].reset_index(drop=True)
     report.events_in, report.events_seen_before = len(fresh), len(events) - len(fresh)
     if len(fresh):
