@@ -150,8 +150,17 @@ def gate(settings: Settings, evaluation: dict, candidate: dict, contracts_ok: bo
 
 @task(name="register-candidate", retries=2, retry_delay_seconds=5)
 def register(settings: Settings, evaluation: dict, candidate: dict, decision, meta: dict) -> str:
-    return pipeline.register_candidate(settings, candidate["run_id"], Path(candidate["folder"]), decision,
-                                       evaluation["results"], meta)
+    """Register the candidate with its gate tags; its model card (with the history) shows in Prefect too."""
+    from models import registry
+    from models.card import render_card
+
+    version = pipeline.register_candidate(settings, candidate["run_id"], Path(candidate["folder"]), decision,
+                                          evaluation["results"], meta)
+    name = settings.mlflow.student_model_name
+    create_markdown_artifact(key="model-card", description=f"{name} v{version}: gate {'PASS' if decision.passed else 'FAIL'}",
+                             markdown=render_card(name, version, decision, evaluation["results"], meta,
+                                                  registry.read_history(settings.home_path(), name)))
+    return version
 
 
 @task(name="promote-and-publish")
