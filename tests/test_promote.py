@@ -135,3 +135,22 @@ def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, ca
     history = json.loads(capsys.readouterr().out)
     assert [h["action"] for h in history] == ["promote", "promote", "rollback"]
     assert history[1]["override_failed_gate"] and history[2]["by"] == "carol"
+
+
+def test_model_card_shows_the_promotion_history():
+    from models.card import render_card
+    from models.gate import Check, GateDecision
+
+    decision = GateDecision(False, [Check("accuracy_floor", 0.5, 0.85, ">=", False)])
+    history = [{"at": "2026-11-01T02:00:00+00:00", "action": "promote", "from": None, "to": "1", "by": "nightly",
+                "why": "gate passed"},
+               {"at": "2026-11-02T09:00:00+00:00", "action": "promote", "from": "1", "to": "2", "by": "bob",
+                "why": "reviewed", "override_failed_gate": True},
+               {"at": "2026-11-03T02:00:00+00:00", "action": "rollback", "from": "2", "to": "1", "by": "nightly",
+                "why": "canary unhealthy"}]
+    card = render_card(NAME, "3", decision, {}, {"night": "2026-11-03"}, history)
+    assert "**Gate: FAIL**" in card and "| accuracy_floor |" in card
+    section = card.split("## Promotion history")[1]
+    assert "**promote** — → v1 by nightly" in section
+    assert "v1 → v2 by bob: reviewed (**failed gate overridden**)" in section
+    assert "**rollback** v2 → v1 by nightly: canary unhealthy" in section
