@@ -4,15 +4,17 @@
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 
-stop() {  # stop NAME: TERM the process group, KILL it after ${STOP_TIMEOUT:-20}s
+stop() {  # stop NAME: INT then TERM the process group (what Ctrl-C would do), KILL after ${STOP_TIMEOUT:-15}s
   local f="$RUN/$1.pid" pid t0=$SECONDS
   [[ -f "$f" ]] || { echo "down: $1 not started by up"; return 0; }
   pid="$(cat "$f")"
   if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS - t0 < ${STOP_TIMEOUT:-20} )); do sleep 0.3; done
+    kill -INT -- "-$pid" 2>/dev/null || kill -INT "$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS - t0 < 5 )); do sleep 0.3; done
+    kill -TERM -- "-$pid" 2>/dev/null
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS - t0 < ${STOP_TIMEOUT:-15} )); do sleep 0.3; done
     if kill -0 "$pid" 2>/dev/null; then
-      echo "down: $1 (pid $pid) ignored TERM for ${STOP_TIMEOUT:-20}s: KILL"
+      echo "down: $1 (pid $pid) still running after ${STOP_TIMEOUT:-15}s: KILL"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
     fi
     echo "down: stopped $1 (pid $pid) in $((SECONDS - t0))s"
