@@ -74,14 +74,16 @@ def arrivals(settings: Settings, split: Split, lake: Lake, night: str,
 
 
 def _validate_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
-                        report: IngestReport, results: list) -> int:
+                        report: IngestReport, results: list, settings: Settings) -> int:
     from data_contracts.contracts import validate_no_pii, validate_raw_messages
 
     rows = rows.assign(source=source, received_at=pd.Timestamp(now))
     redacted, counts = redact_messages(rows)
     for k, v in counts.items():
         report.redactions[k] = report.redactions.get(k, 0) + int(v)
-    raw = validate_raw_messages(redacted, labels, now=now)
+    c = settings.contracts
+    raw = validate_raw_messages(redacted, labels, min_rows=c.min_rows, max_chars=c.max_chars,
+                                min_chars=c.min_chars, now=now)
     pii = validate_no_pii(raw.accepted)
     added = 0
     results += [raw, pii]
@@ -106,9 +108,9 @@ def ingest_night(settings: Settings, split: Split, lake: Lake, night: str, input
     results: list = []
     if not lake.has_source("seed"):  # cold start: the gold-labelled seed goes in once
         seed = split.seed.rename(columns={"label": "gold_label"})
-        report.seed_rows_added = _validate_and_store(lake, seed, "seed", split.labels, now, report, results)
+        report.seed_rows_added = _validate_and_store(lake, seed, "seed", split.labels, now, report, results, settings)
     if not rows.empty:
-        report.rows_added = _validate_and_store(lake, rows, source, split.labels, now, report, results)
+        report.rows_added = _validate_and_store(lake, rows, source, split.labels, now, report, results, settings)
     elif source == "stream":
         log.warning("the replayed stream is used up (batch %s): tonight trains on what the lake holds", index)
     from data_contracts.contracts import write_report
@@ -123,6 +125,7 @@ def ingest_night(settings: Settings, split: Split, lake: Lake, night: str, input
              source, report.rows_in, report.rows_accepted, report.rows_quarantined, report.rows_added,
              report.seed_rows_added, report.redactions)
     return report
+
 
 # ---- edge feedback ----------------------------------------------------------------------------
 @dataclass

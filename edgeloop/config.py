@@ -117,6 +117,17 @@ class GateConfig(_Section):
     max_p95_ms: float = Field(20.0, gt=0)
 
 
+class ContractsConfig(_Section):
+    """Bounds of the data contracts (data_contracts/contracts.py)."""
+
+    min_chars: int = Field(1, ge=1)
+    max_chars: int = Field(2000, gt=1, description="Longer messages are quarantined.")
+    min_rows: int = Field(1, ge=0, description="Fewer rows in a batch stop the night.")
+    max_label_drift: float = Field(0.25, gt=0, le=1, description="Total variation distance of the "
+                                   "teacher's label mix from the seed's that stops the night.")
+    min_mean_confidence: float = Field(0.5, ge=0, le=1, description="Mean teacher confidence floor.")
+
+
 class BundleConfig(_Section):
     """Edge bundles: signing keys and rollout."""
 
@@ -143,6 +154,7 @@ class Settings(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    contracts: ContractsConfig = Field(default_factory=ContractsConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")

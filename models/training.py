@@ -136,7 +136,7 @@ def run_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
             scheduler.step()
             step += 1
             n += 1
-            total += float(loss)
+            total += loss.item()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
         entry = EpochLog(epoch, step, total / max(1, n), {k: v / max(1, n) for k, v in sums.items()})

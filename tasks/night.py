@@ -194,7 +194,8 @@ def check_labels(settings: Settings, ref: pipeline.TeacherRef, night: str, paren
     split = load_split(settings.dataset)
     labels = _lake(settings).labels(ref.cache_key)
     seed_dist = split.seed["label"].value_counts(normalize=True).to_dict()
-    result = validate_teacher_labels(labels, split.labels, seed_dist)
+    result = validate_teacher_labels(labels, split.labels, seed_dist, max_drift=settings.contracts.max_label_drift,
+                                     min_mean_confidence=settings.contracts.min_mean_confidence)
     files = write_report([result], settings.home_path() / "work" / night / "contracts" / "teacher")
     with tracking.step_run(settings, parent_run_id, "teacher-labels"):
         import mlflow

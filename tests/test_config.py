@@ -1,0 +1,47 @@
+import pytest
+
+from edgeloop.config import ConfigError, load_settings
+
+
+def test_defaults_describe_the_bundled_data_and_validate():
+    s = load_settings(environ={})
+    assert s.dataset.resolved_path().exists()
+    assert s.dataset.seed_fraction + s.dataset.golden_fraction < 1
+    assert s.tracking_uri().startswith("sqlite:///") and s.tracking_uri().endswith("mlflow.db")
+
+
+def test_environment_overrides_nested_fields_with_types(tmp_path):
+    s = load_settings(environ={"EDGELOOP_HOME": str(tmp_path), "EDGELOOP__STUDENT__EPOCHS": "3",
+                               "EDGELOOP__GATE__MIN_ACCURACY": "0.5", "EDGELOOP__DATASET__JSON_KEYS": "[a, b]",
+                               "EDGELOOP__DATASET__FORMAT": "json_splits"})
+    assert s.student.epochs == 3 and s.gate.min_accuracy == 0.5 and s.dataset.json_keys == ["a", "b"]
+    assert s.home_path() == tmp_path.resolve()
+
+
+def test_file_then_environment_then_overrides(tmp_path):
+    cfg = tmp_path / "e.yaml"
+    cfg.write_text("student:\n  epochs: 7\n  lr: 0.01\n")
+    s = load_settings(cfg, overrides={"student": {"lr": 0.02}}, environ={"EDGELOOP__STUDENT__EPOCHS": "8"})
+    assert (s.student.epochs, s.student.lr) == (8, 0.02)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"student": {"epochs": 0}}, "student.epochs"),
+    ({"student": {"hidden_size": 130, "num_heads": 4}}, "divisible"),
+    ({"dataset": {"seed_fraction": 0.6, "golden_fraction": 0.5}}, "must be < 1"),
+    ({"gate": {"bogus": 1}}, "gate.bogus"),
+    ({"dataset": {"format": "xml"}}, "dataset.format"),
+])
+def test_invalid_settings_name_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides=overrides, environ={})
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+
+
+def test_flat_params_cover_every_section():
+    flat = load_settings(environ={}).to_flat_params()
+    assert {"student.epochs", "gate.min_accuracy", "dataset.path", "teacher.lr_head"} <= set(flat)

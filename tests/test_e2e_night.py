@@ -1,0 +1,124 @@
+"""End to end through Prefect: bootstrap the teacher, then two nights on a small slice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_contracts.lake import Lake
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    return {"home": str(home),
+            "dataset": {"max_rows": 1200, "stream_batch_size": 250},
+            "teacher": {"epochs": 6, "lr_encoder": 1e-4, "max_length": 32, "relabel_shards": 2},
+            "student": {"epochs": 4, "warm_start_epochs": 2, "max_length": 32},
+            # Small slice, few epochs: the floors are not what this test is about.
+            "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_teacher_retention": 0.0,
+                     "max_accuracy_drop": 1.0, "max_macro_f1_drop": 1.0, "max_intent_f1_drop": 1.0,
+                     "max_p95_ms": 1000.0}}
+
+
+@pytest.fixture(scope="module")
+def nights(config, prefect_harness):
+    from flows.nightly import nightly
+    from flows.teacher_bootstrap import teacher_bootstrap
+
+    teacher = teacher_bootstrap(config=config)
+    first = nightly(night="2026-11-01", config=config)
+    lake = Lake(f"{config['home']}/lake")
+    after_first = len(lake.messages())
+    second = nightly(night="2026-11-02", config=config)
+    again = nightly(night="2026-11-02", config=config)
+    return {"teacher": teacher, "first": first, "second": second, "again": again,
+            "after_first": after_first, "lake": lake}
+
+
+def client(config):
+    from models.registry import client as mlflow_client
+    from edgeloop.config import load_settings
+
+    return mlflow_client(load_settings(overrides=config, environ={}).tracking_uri())
+
+
+def test_teacher_is_registered_as_production(nights, config):
+    c = client(config)
+    mv = c.get_model_version_by_alias("teacher", "production")
+    assert mv.version == nights["teacher"]["version"] == "1"
+    assert float(mv.tags["golden.accuracy"]) == pytest.approx(nights["teacher"]["accuracy"])
+
+
+def test_each_night_is_a_parent_run_with_nested_step_runs_and_metrics(nights, config):
+    c = client(config)
+    run_id = nights["first"]["mlflow_run_id"]
+    parent = c.get_run(run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["split_hash"]
+    assert parent.data.params["student.temperature"] == "3.0"
+    exp = parent.info.experiment_id
+    children = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+    names = {r.info.run_name for r in children}
+    assert {"ingest", "teacher-labels", "distill", "evaluate"} <= names
+    ev = next(r for r in children if r.info.run_name == "evaluate")
+    for key in ("candidate.accuracy", "candidate.macro_f1", "teacher.accuracy", "candidate.p95_ms",
+                "candidate.size_mb", "candidate.agreement_with_teacher"):
+        assert key in ev.data.metrics
+    arts = {a.path for a in c.list_artifacts(ev.info.run_id, "evaluation")}
+    assert "evaluation/confusion_candidate.png" in arts and "evaluation/per_intent.json" in arts
+
+
+def test_second_night_relabels_only_new_rows(nights):
+    first, second = nights["first"], nights["second"]
+    assert first["rows_relabeled"] == nights["after_first"]  # seed + first batch, all new
+    assert 0 < second["rows_relabeled"] == second["rows_ingested"] < first["rows_relabeled"]
+
+
+def test_rerunning_a_night_adds_and_relabels_nothing(nights):
+    assert nights["again"]["rows_ingested"] == 0 and nights["again"]["rows_relabeled"] == 0
+
+
+def test_champion_alias_and_gate_reasons_are_recorded(nights, config):
+    c = client(config)
+    assert nights["first"]["gate_decision"] == "pass"
+    champ = c.get_model_version_by_alias("edge-student", "champion")
+    assert champ.version in {nights["first"]["model_version"], nights["second"]["model_version"]}
+    for key in ("first", "second"):
+        mv = c.get_model_version("edge-student", nights[key]["model_version"])
+        assert mv.tags["gate.decision"] in {"pass", "fail"}
+        assert mv.tags["gate.accuracy_floor"].split()[0] in {"pass", "fail"}
+        assert "threshold=" in mv.tags["gate.bundle_size_mb"]
+    second = c.get_model_version("edge-student", nights["second"]["model_version"])
+    assert "gate.accuracy_vs_champion" in second.tags  # night 2 is compared with night 1's champion
+    assert nights["second"]["warm_start_from"] == nights["first"]["model_version"]
+
+
+def test_quantized_model_reloaded_from_the_registry_predicts_as_before(nights, config, tmp_path):
+    from edge.predictor import OnnxPredictor
+    from edgeloop.config import load_settings
+    from models.pipeline import golden_texts
+    from models.registry import download_version
+    from data_contracts.datasets import load_split
+
+    settings = load_settings(overrides=config, environ={})
+    version = nights["first"]["model_version"]
+    texts, _ = golden_texts(load_split(settings.dataset))
+    local = OnnxPredictor(settings.home_path() / "work" / "2026-11-01" / "candidate" / "edge")
+    before = local.predict_proba(texts)
+    reloaded = OnnxPredictor(download_version(settings.tracking_uri(), "edge-student", version, tmp_path) / "model" / "edge")
+    np.testing.assert_allclose(reloaded.predict_proba(texts), before, rtol=1e-5, atol=1e-6)
+    bundle = OnnxPredictor(nights["first"]["bundle"])
+    np.testing.assert_allclose(bundle.predict_proba(texts), before, rtol=1e-5, atol=1e-6)
+    manifest = json.loads((settings.home_path() / "bundles" / f"v{version}" / "manifest.json").read_text())
+    assert manifest["signature"] and manifest["files"]["model.onnx"]["sha256"]
+
+
+def test_summary_says_where_to_look(nights):
+    s = nights["second"]
+    for key in ("mlflow_run_id", "model_version", "gate_decision", "teacher_accuracy", "student_accuracy",
+                "student_size_mb", "student_p95_ms"):
+        assert s[key] is not None
