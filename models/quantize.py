@@ -34,11 +34,14 @@ def export_onnx(model, out_path: str | Path, max_length: int) -> Path:
     """Export ``model`` to ONNX with dynamic batch and sequence axes (opset 18)."""
     out_path = Path(out_path)
     model = model.eval()
+    # The wrapper must be in eval mode too: the exporter restores the wrapper's mode afterwards,
+    # and a fresh module is in training mode, which would switch ``model``'s dropout back on.
+    wrapper = _LogitsOnly(model).eval()
     ids = torch.ones((2, min(16, max_length)), dtype=torch.long)
     mask = torch.ones_like(ids)
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
-            _LogitsOnly(model), (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
+            wrapper, (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
             output_names=["logits"], opset_version=18, dynamo=False,
             dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
                           "logits": {0: "batch"}})
@@ -51,6 +54,22 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
     return Path(dst)
+
+
+def write_tokenizer_json(tokenizer, path: str | Path) -> Path:
+    """Save the fast tokenizer's ``tokenizer.json`` with no padding or truncation state.
+
+    A transformers fast tokenizer called with ``padding=True`` (as training does) keeps that
+    setting in its backend, and ``save_pretrained`` writes it out: a device would then pad every
+    batch to its longest text *inside* ``encode_batch`` and count the pads as real tokens.
+    """
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(path))
+    return Path(path)
 
 
 def write_edge_folder(model, tokenizer, out_dir: str | Path, max_length: int,
@@ -66,8 +85,7 @@ def write_edge_folder(model, tokenizer, out_dir: str | Path, max_length: int,
             quantize_int8(fp32, out / MODEL_FILE)
         else:
             shutil.copy(fp32, out / MODEL_FILE)
-        tokenizer.save_pretrained(tmp)
-        shutil.copy(Path(tmp) / "tokenizer.json", out / TOKENIZER_FILE)
+    write_tokenizer_json(tokenizer, out / TOKENIZER_FILE)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     (out / LABELS_FILE).write_text(json.dumps(labels))
     (out / BUNDLE_CONFIG_FILE).write_text(json.dumps({
