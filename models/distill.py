@@ -25,7 +25,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     has_gold = gold >= 0
     ce = F.cross_entropy(student_logits[has_gold], gold[has_gold]) if has_gold.any() else student_logits.new_zeros(())
     loss = alpha * kd + (1 - alpha) * ce
-    return loss, {"kd": float(kd), "ce": float(ce)}
+    return loss, {"kd": kd.item(), "ce": ce.item()}
 
 
 def distill(model, tokenizer, texts: list[str], teacher_probs: np.ndarray, gold: np.ndarray,

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,7 +40,9 @@ def export_onnx(model, out_path: str | Path, max_length: int) -> Path:
     wrapper = _LogitsOnly(model).eval()
     ids = torch.ones((2, min(16, max_length)), dtype=torch.long)
     mask = torch.ones_like(ids)
-    with torch.inference_mode(False), torch.no_grad():
+    # The tracer warns that attention-mask shape checks become constants; the axes stay dynamic.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             wrapper, (ids, mask), str(out_path), input_names=["input_ids", "attention_mask"],
             output_names=["logits"], opset_version=18, dynamo=False,
@@ -52,7 +55,13 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
     """ONNX Runtime dynamic quantization: int8 weights, activations quantized on the fly."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice on the root logger for every call
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return Path(dst)
 
 
