@@ -1,0 +1,21 @@
+import pytest
+
+from edgeloop.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", [["--help"], ["night", "--help"], ["bootstrap-teacher", "--help"]])
+def test_help_is_available(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(command)
+    assert exc.value.code == 0 and "usage: edgeloop" in capsys.readouterr().out
+
+
+def test_bad_override_is_a_clear_error_not_a_traceback(capsys):
+    assert main(["night", "--set", "student.epochs=zero"]) == 2
+    err = capsys.readouterr().err
+    assert "student.epochs" in err and "Traceback" not in err
+
+
+def test_malformed_set_is_named(capsys):
+    assert main(["night", "--set", "no-equals-sign"]) == 2
+    assert "SECTION.FIELD=VALUE" in capsys.readouterr().err
