@@ -110,6 +110,13 @@ def test_failed_gate_publishes_nothing(settings, edge_model_dirs, tmp_path):  # 
     assert _channel_bytes(settings) == before and aliases(settings) == (good, None)
     assert registry.read_history(settings.home_path(), NAME) == history
     assert not (settings.bundles_root() / f"v{bad}").exists()
+    # The nightly's own path for a passing candidate: bundle from its folder → champion → canary.
+    passed = register(settings, edge_model_dirs["v3"])
+    shutil.rmtree(candidate / "edge")
+    shutil.copytree(edge_model_dirs["v3"], candidate / "edge")
+    out = promote_and_publish(settings, passed, candidate, {"metrics": {"accuracy": 0.9}}, why="gate passed", by="nightly")
+    assert out["promotion"]["to"] == passed and aliases(settings) == (passed, good)
+    assert channels(settings) == {"canary": f"v{passed}", "stable": f"v{good}"}
 
 
 def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, capsys):  # noqa: F811
