@@ -94,6 +94,10 @@ class StudentConfig(_Section):
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term.")
     warm_start: bool = Field(True, description="Start from the champion's weights when compatible.")
     warm_start_epochs: int = Field(6, gt=0, description="Epochs when warm-started.")
+    augment_copies: int = Field(2, ge=0, description="Teacher-labeled perturbed copies of each "
+                                "transfer text (typos, dropped/swapped words, entities, splices); 0 = off.")
+    augment_max_rows: int = Field(4000, ge=0, description="At most this many augmented texts a night "
+                                  "(the teacher labels each one).")
     quantize: Literal["onnx-int8", "onnx-fp32"] = "onnx-int8"
 
     @model_validator(mode="after")

@@ -53,3 +53,12 @@ def distill(model, tokenizer, texts: list[str], teacher_probs: np.ndarray, gold:
                          step, epochs, "student", on_epoch)
     model.eval()
     return [vars(h) for h in history]
+
+
+def recipe(cfg: StudentConfig) -> dict[str, object]:
+    """The compression choices a candidate was made with, as flat MLflow params."""
+    return {"recipe.init": "pca-teacher-embeddings", "recipe.vocab": "pruned-to-corpus+chars",
+            "recipe.shape": f"{cfg.num_layers}x{cfg.hidden_size}/{cfg.num_heads}h/ff{cfg.intermediate_size}",
+            "recipe.kd": f"T={cfg.temperature} alpha={cfg.alpha}", "recipe.lr": cfg.lr,
+            "recipe.augment": f"copies={cfg.augment_copies} max_rows={cfg.augment_max_rows} teacher-labeled",
+            "recipe.backend": cfg.quantize}
