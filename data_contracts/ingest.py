@@ -17,7 +17,7 @@ import pandas as pd
 
 from data_contracts.datasets import Split, load_dataset, message_id
 from data_contracts.lake import Lake
-from edgeloop.config import Settings
+from edgeloop.config import ContractsConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -73,26 +73,35 @@ def arrivals(settings: Settings, split: Split, lake: Lake, night: str,
     return batch.assign(gold_label=None)[["message_id", "text", "gold_label"]], "stream", index
 
 
-def _validate_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
-                        report: IngestReport, results: list, settings: Settings) -> int:
+def screen_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
+                     contracts: ContractsConfig | None = None) -> tuple[int, list, dict[str, int]]:
+    """Redact ``rows``, run the raw and no-PII contracts, quarantine rejects, append the rest.
+
+    Returns (rows added to the lake, [raw result, no-PII result], redaction counts). Nothing is
+    appended when either contract has a batch-level failure.
+    """
     from data_contracts.contracts import validate_no_pii, validate_raw_messages
 
-    rows = rows.assign(source=source, received_at=pd.Timestamp(now))
-    redacted, counts = redact_messages(rows)
-    for k, v in counts.items():
-        report.redactions[k] = report.redactions.get(k, 0) + int(v)
-    c = settings.contracts
+    c = contracts or ContractsConfig()
+    redacted, counts = redact_messages(rows.assign(source=source, received_at=pd.Timestamp(now)))
     raw = validate_raw_messages(redacted, labels, min_rows=c.min_rows, max_chars=c.max_chars,
                                 min_chars=c.min_chars, now=now)
     pii = validate_no_pii(raw.accepted)
-    added = 0
-    results += [raw, pii]
     for result in (raw, pii):
         lake.quarantine(result.quarantined, at=now)
+    added = lake.append_messages(pii.accepted, source=source, received_at=now) if raw.ok and pii.ok else 0
+    return added, [raw, pii], counts
+
+
+def _validate_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
+                        report: IngestReport, results: list, settings: Settings) -> int:
+    added, (raw, pii), counts = screen_and_store(lake, rows, source, labels, now, settings.contracts)
+    for k, v in counts.items():
+        report.redactions[k] = report.redactions.get(k, 0) + int(v)
+    results += [raw, pii]
+    for result in (raw, pii):
         report.contracts.append({**result.summary(), "source": source})
         report.batch_failures += [f"{result.contract}: {f}" for f in result.batch_failures]
-    if raw.ok and pii.ok:
-        added = lake.append_messages(pii.accepted, source=source, received_at=now)
     report.rows_in += raw.rows_in
     report.rows_accepted += pii.rows_accepted
     report.rows_quarantined += raw.rows_quarantined + pii.rows_quarantined
@@ -162,7 +171,7 @@ def _validated_events(fresh: pd.DataFrame, labels: list[str], known_versions: se
 
 
 def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str], known_versions: set[str],
-                    now: datetime | None = None) -> FeedbackReport:
+                    now: datetime | None = None, contracts: ContractsConfig | None = None) -> FeedbackReport:
     """Feedback files in ``inbox`` into the lake; processed files move to ``processed/<date>/``.
 
     Events are validated with ``feedback@1`` (rejects are quarantined, never dropped). A corrected
@@ -193,7 +202,7 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
         lake.quarantine(result.quarantined, at=now)
         report.contracts.append(result.summary())
         report.events_accepted, report.events_quarantined = result.rows_accepted, result.rows_quarantined
-        _store_feedback(lake, accepted, labels, now, report)
+        _store_feedback(lake, accepted, labels, now, report, contracts)
     report.moved_to = str(_move_processed(files, inbox, processed / f"{now:%Y-%m-%d}"))
     log.info("feedback: %d file(s), %d new event(s), %d accepted, %d quarantined, %d correction(s), "
              "%d message(s) added", report.files, report.events_in, report.events_accepted,
@@ -202,7 +211,7 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
 
 
 def _store_feedback(lake: Lake, accepted: pd.DataFrame, labels: list[str], now: datetime,
-                    report: FeedbackReport) -> None:
+                    report: FeedbackReport, contracts: ContractsConfig | None) -> None:
     corrected = accepted[accepted["corrected_label"].notna()]
     with_text = accepted[accepted["text"].map(lambda v: isinstance(v, str) and bool(v.strip()))]
     if len(with_text):
@@ -211,7 +220,7 @@ def _store_feedback(lake: Lake, accepted: pd.DataFrame, labels: list[str], now: 
                                  with_text["corrected_label"].notna(), None).values})
         # A correction wins over an earlier accept of the same message.
         rows = rows.iloc[::-1].drop_duplicates("message_id").iloc[::-1]
-        report.messages_added = _feedback_messages(lake, rows, labels, now, report)
+        report.messages_added = _feedback_messages(lake, rows, labels, now, report, contracts)
     if len(corrected):
         report.corrections_added = lake.append_corrections(pd.DataFrame({
             "message_id": corrected["message_id"].astype(str).values,
@@ -221,17 +230,11 @@ def _store_feedback(lake: Lake, accepted: pd.DataFrame, labels: list[str], now: 
 
 
 def _feedback_messages(lake: Lake, rows: pd.DataFrame, labels: list[str], now: datetime,
-                       report: FeedbackReport) -> int:
+                       report: FeedbackReport, contracts: ContractsConfig | None) -> int:
     """Feedback texts through the same redaction and raw/no-PII contracts as any arrival."""
-    from data_contracts.contracts import validate_no_pii, validate_raw_messages
-
-    redacted, _ = redact_messages(rows.assign(source="feedback", received_at=pd.Timestamp(now)))
-    raw = validate_raw_messages(redacted, labels, now=now)
-    pii = validate_no_pii(raw.accepted)
-    for result in (raw, pii):
-        lake.quarantine(result.quarantined, at=now)
-        report.contracts.append({**result.summary(), "source": "feedback"})
-    return lake.append_messages(pii.accepted, source="feedback", received_at=now) if raw.ok and pii.ok else 0
+    added, results, _ = screen_and_store(lake, rows, "feedback", labels, now, contracts)
+    report.contracts += [{**r.summary(), "source": "feedback"} for r in results]
+    return added
 
 
 def _move_processed(files: list[Path], inbox: Path, dest: Path) -> Path:

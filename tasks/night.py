@@ -269,7 +269,7 @@ def ingest_feedback(settings: Settings, night: str, parent_run_id: str) -> dict:
     split = load_split(settings.dataset)
     known = {f"v{v}" for v in registry.list_versions(settings.tracking_uri(), settings.mlflow.student_model_name)}
     report = ingest_events(_lake(settings), settings.feedback_inbox(), settings.feedback_processed(),
-                           split.labels, known)
+                           split.labels, known, contracts=settings.contracts)
     with tracking.step_run(settings, parent_run_id, "feedback"):
         import mlflow
 
