@@ -101,3 +101,95 @@ def write_edge_folder(model, tokenizer, out_dir: str | Path, max_length: int,
         "max_length": max_length, "backend": backend, "format": "onnx", "opset": 18,
         "do_lower_case": True}, indent=2))
     return out
+
+
+# ---- measured, never shipped: torch and bitsandbytes variants of the float model ---------------
+
+class QuantizationUnavailable(RuntimeError):
+    """A quantization backend cannot run here; the message says why."""
+
+
+BNB_SKIP = ("classifier", "pooler")
+
+
+def _import_bnb():
+    """bitsandbytes, imported only when asked for (the import alone takes seconds)."""
+    try:
+        import bitsandbytes as bnb
+    except Exception as exc:  # ImportError, or a native library that fails to load
+        raise QuantizationUnavailable(f"bitsandbytes cannot be imported: {type(exc).__name__}: {exc}") from exc
+    return bnb
+
+
+def _bnb_linear(bnb, linear: torch.nn.Linear, bits: int, quant_type: str) -> torch.nn.Module:
+    w = linear.weight.detach().float().clone()
+    bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+    if bits == 8:
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias is not None,
+                                    has_fp16_weights=False, threshold=0.0)
+        layer.weight = bnb.nn.Int8Params(w, requires_grad=False, has_fp16_weights=False)
+    else:
+        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias is not None,
+                                  compute_dtype=torch.float32, quant_type=quant_type)
+        layer.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type=quant_type)
+    if bias is not None:
+        layer.bias = bias
+    return layer.to("cpu")  # moving the parameters is what quantizes them
+
+
+def quantize_bnb(model: torch.nn.Module, bits: int = 8, quant_type: str = "nf4",
+                 skip: tuple[str, ...] = BNB_SKIP) -> torch.nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers are bitsandbytes 8-bit or 4-bit layers.
+
+    ``bits`` is 8 (LLM.int8 weights, ``Linear8bitLt``) or 4 (``Linear4bit`` with ``quant_type``
+    nf4 or fp4). Layers whose name contains one of ``skip`` stay float (a sequence classifier's
+    head and pooler, as transformers' ``llm_int8_skip_modules`` does). Embeddings stay float.
+    Raises :class:`QuantizationUnavailable` when bitsandbytes cannot import or run a forward pass
+    on this machine. For measurement: the result is a torch module, not an edge artifact.
+    """
+    import copy
+
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if bits == 4 and quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"quant_type must be nf4 or fp4, got {quant_type!r}")
+    bnb = _import_bnb()
+    out = copy.deepcopy(model).float().eval()
+    targets = [(name, mod) for name, mod in out.named_modules()
+               if isinstance(mod, torch.nn.Linear) and not any(s in name for s in skip)]
+    try:
+        for name, mod in targets:
+            parent_name, _, attr = name.rpartition(".")
+            setattr(out.get_submodule(parent_name) if parent_name else out, attr,
+                    _bnb_linear(bnb, mod, bits, quant_type))
+        if targets:  # one tiny forward, so an unsupported CPU fails here with the reason
+            layer = out.get_submodule(targets[0][0])
+            with torch.no_grad():
+                layer(torch.zeros(1, targets[0][1].in_features))
+    except QuantizationUnavailable:
+        raise
+    except Exception as exc:
+        raise QuantizationUnavailable(f"bitsandbytes {bits}-bit layers do not run on this machine: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+    return out
+
+
+def quantize_torch_dynamic(model: torch.nn.Module) -> torch.nn.Module:
+    """torch dynamic int8 of the ``nn.Linear`` layers (a copy). Measurement only: reloading its
+    state dict needs pickle, which nothing a device loads may use."""
+    import copy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model).float().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def serialized_mb(model: torch.nn.Module) -> float:
+    """Size of ``model``'s state dict as ``torch.save`` writes it, in MB (10^6 bytes)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell() / 1e6
