@@ -35,9 +35,12 @@ def nights(config, prefect_harness):
     lake = Lake(f"{config['home']}/lake")
     after_first = len(lake.messages())
     second = nightly(night="2026-11-02", config=config)
-    again = nightly(night="2026-11-02", config=config)
-    return {"teacher": teacher, "first": first, "second": second, "again": again,
-            "after_first": after_first, "lake": lake}
+    skipped = nightly(night="2026-11-02", config=config)
+    before_rerun = len(lake.messages())
+    again = nightly(night="2026-11-02", config=config, force=True)
+    return {"teacher": teacher, "first": first, "second": second, "skipped": skipped, "again": again,
+            "after_first": after_first, "lake": lake,
+            "before_rerun": before_rerun, "after_rerun": len(lake.messages())}
 
 
 def client(config):
@@ -50,7 +53,7 @@ def client(config):
 def test_teacher_is_registered_as_production(nights, config):
     c = client(config)
     mv = c.get_model_version_by_alias("teacher", "production")
-    assert mv.version == nights["teacher"]["version"] == "1"
+    assert str(mv.version) == nights["teacher"]["version"] == "1"
     assert float(mv.tags["golden.accuracy"]) == pytest.approx(nights["teacher"]["accuracy"])
 
 
@@ -78,15 +81,16 @@ def test_second_night_relabels_only_new_rows(nights):
     assert 0 < second["rows_relabeled"] == second["rows_ingested"] < first["rows_relabeled"]
 
 
-def test_rerunning_a_night_adds_and_relabels_nothing(nights):
-    assert nights["again"]["rows_ingested"] == 0 and nights["again"]["rows_relabeled"] == 0
+def test_a_completed_night_is_skipped_and_a_forced_rerun_adds_and_relabels_nothing(nights):
+    assert "already completed" in nights["skipped"]["skipped"]
+    assert nights["after_rerun"] == nights["before_rerun"] and nights["again"]["rows_relabeled"] == 0
 
 
 def test_champion_alias_and_gate_reasons_are_recorded(nights, config):
     c = client(config)
     assert nights["first"]["gate_decision"] == "pass"
     champ = c.get_model_version_by_alias("edge-student", "champion")
-    assert champ.version in {nights["first"]["model_version"], nights["second"]["model_version"]}
+    assert str(champ.version) in {nights[k]["model_version"] for k in ("first", "second", "again")}
     for key in ("first", "second"):
         mv = c.get_model_version("edge-student", nights[key]["model_version"])
         assert mv.tags["gate.decision"] in {"pass", "fail"}
@@ -109,7 +113,7 @@ def test_quantized_model_reloaded_from_the_registry_predicts_as_before(nights, c
     texts, _ = golden_texts(load_split(settings.dataset))
     local = OnnxPredictor(settings.home_path() / "work" / "2026-11-01" / "candidate" / "edge")
     before = local.predict_proba(texts)
-    reloaded = OnnxPredictor(download_version(settings.tracking_uri(), "edge-student", version, tmp_path) / "model" / "edge")
+    reloaded = OnnxPredictor(download_version(settings.tracking_uri(), "edge-student", version, tmp_path) / "edge")
     np.testing.assert_allclose(reloaded.predict_proba(texts), before, rtol=1e-5, atol=1e-6)
     bundle = OnnxPredictor(nights["first"]["bundle"])
     np.testing.assert_allclose(bundle.predict_proba(texts), before, rtol=1e-5, atol=1e-6)
