@@ -35,18 +35,21 @@ def _env(home: Path, **extra) -> dict:
 
 def _edgeloop(home: Path, *args: str, timeout: float = 480, **env) -> subprocess.CompletedProcess:
     """Run the CLI in its own process group; whatever it leaves behind (the ephemeral API server
-    of a killed night) is killed with the group."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgeloop.cli", *args], cwd=ROOT, env=_env(home, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
+    of a killed night, which would also hold a stdout pipe open) is killed with the group."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / f"cli-{len(list(home.glob('cli-*.log')))}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeloop.cli", *args], cwd=ROOT, env=_env(home, **env),
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+            proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(10)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), "")
 
 
 def _labels(home: Path) -> int:
