@@ -94,6 +94,8 @@ class StudentConfig(_Section):
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term.")
     warm_start: bool = Field(True, description="Start from the champion's weights when compatible.")
     warm_start_epochs: int = Field(6, gt=0, description="Epochs when warm-started.")
+    hidden_weight: float = Field(3.0, ge=0, description="Weight of the sentence-vector term (student's "
+                                 "mean-pooled last layer vs the teacher's, cosine); 0 = logits only.")
     augment_copies: int = Field(2, ge=0, description="Teacher-labeled perturbed copies of each "
                                 "transfer text (typos, dropped/swapped words, entities, splices); 0 = off.")
     augment_max_rows: int = Field(4000, ge=0, description="At most this many augmented texts a night "

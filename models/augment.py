@@ -9,14 +9,10 @@ never the label copied from its source.
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 from collections.abc import Callable
 
-import numpy as np
-
-log = logging.getLogger(__name__)
 
 _KEYBOARD = ["qwertyuiop", "asdfghjkl", "zxcvbnm"]
 _NUMBER = re.compile(r"\d+")
@@ -116,20 +112,3 @@ def augment_texts(texts: list[str], copies: int, seed: int = 13, max_rows: int |
                 seen.add(new)
                 out.append(new)
     return out
-
-
-def augment_transfer_set(texts: list[str], probs: np.ndarray, gold: np.ndarray,
-                         teacher_proba: Callable[[list[str]], np.ndarray], copies: int,
-                         max_rows: int | None = None, seed: int = 13
-                         ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
-    """The transfer set plus teacher-labeled perturbed copies (gold -1); returns the number added."""
-    extra = augment_texts(texts, copies, seed=seed, max_rows=max_rows)
-    if not extra:
-        return list(texts), probs, gold, 0
-    extra_probs = np.asarray(teacher_proba(extra), dtype=np.float32)
-    if extra_probs.shape != (len(extra), probs.shape[1]):
-        raise ValueError(f"teacher gave probabilities of shape {extra_probs.shape} for {len(extra)} "
-                         f"augmented texts; expected ({len(extra)}, {probs.shape[1]})")
-    log.info("augmentation: %d teacher-labeled copies added to %d texts", len(extra), len(texts))
-    return (list(texts) + extra, np.concatenate([probs, extra_probs]),
-            np.concatenate([gold, np.full(len(extra), -1, dtype=gold.dtype)]), len(extra))

@@ -125,7 +125,7 @@ def champion_folder(settings: Settings) -> tuple[str | None, Path | None]:
 def train_candidate(settings: Settings, lake: Lake, ref: TeacherRef, label_names: list[str],
                     out_dir: Path, on_epoch=None) -> dict:
     """Distill a student from the lake's teacher labels; write ``out_dir/{student,edge}``."""
-    from models.distill import distill, recipe
+    from models.distill import distill, prepare_transfer, recipe
     from models.quantize import write_edge_folder
     from models.student import build_student, compatible, load_student, n_params, save_student
 
@@ -140,18 +140,16 @@ def train_candidate(settings: Settings, lake: Lake, ref: TeacherRef, label_names
     else:
         model, tokenizer = build_student(ref.folder, texts, label_names, cfg)
     epochs = cfg.warm_start_epochs if warm else cfg.epochs
-    n_source = len(texts)
-    if cfg.augment_copies:  # perturbed copies, labeled by the teacher (gold -1)
-        from models.augment import augment_transfer_set
-
-        texts, probs, gold, _ = augment_transfer_set(texts, probs, gold, load_teacher(settings, ref).predict_proba,
-                                                     cfg.augment_copies, cfg.augment_max_rows)
-    history = distill(model, tokenizer, texts, probs, gold, cfg, epochs=epochs, on_epoch=on_epoch)
+    n_source = len(texts)  # + teacher-labeled augmented copies and the teacher's sentence vectors
+    texts, probs, gold, hidden = prepare_transfer(load_teacher(settings, ref), texts, probs, gold, cfg)
+    history = distill(model, tokenizer, texts, probs, gold, cfg, epochs=epochs, on_epoch=on_epoch,
+                      teacher_hidden=hidden)
     shutil.rmtree(out_dir, ignore_errors=True)
     save_student(model, tokenizer, out_dir / "student")
     write_edge_folder(model, tokenizer, out_dir / "edge", cfg.max_length, backend=cfg.quantize)
     return {"folder": str(out_dir), "warm_start_from": champ_version if warm else None,
             "epochs": epochs, "n_train": n_source, "n_augmented": len(texts) - n_source,
+            "hidden_distillation": hidden is not None,
             "n_gold": int((gold >= 0).sum()), **recipe(cfg),
             "n_params": n_params(model), "vocab_size": int(model.config.vocab_size),
             "final_loss": history[-1]["loss"], "history": history}
