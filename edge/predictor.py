@@ -30,6 +30,9 @@ class OnnxPredictor:
         self.max_length = int(meta["max_length"])
         self.labels: list[str] = json.loads((self.folder / LABELS_FILE).read_text())
         self.tokenizer = Tokenizer.from_file(str(self.folder / TOKENIZER_FILE))
+        # Padding is ours to do (with an attention mask); a tokenizer.json saved with padding on
+        # would otherwise count pad tokens as words in a batch.
+        self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

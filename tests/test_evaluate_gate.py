@@ -80,3 +80,17 @@ def test_failed_contracts_and_mechanical_check_block_promotion():
     d = run_gate(result(0.9), result(0.95), None, CFG, contracts_ok=False, mechanical=(False, "did not load"))
     assert {c.name for c in d.failed} == {"contracts_passed", "bundle_loads_fresh_process"}
     assert "did not load" in d.reason()
+
+
+def test_per_intent_tolerance_widens_for_intents_with_few_golden_texts():
+    from models.gate import intent_tolerance
+
+    assert intent_tolerance(0.05, 100) == 0.05
+    assert intent_tolerance(0.05, 12) == pytest.approx(0.125)
+    champ = EvalResult(n=24, accuracy=0.9, macro_f1=0.9, per_intent_f1={"a": 0.9, "b": 0.9},
+                       confusion=[[12, 0], [0, 12]], labels=["a", "b"], size_mb=1, p95_ms=1)
+    one_flip = result(0.9, per={"a": 0.82, "b": 0.9})  # one text of 12 flipped: noise
+    assert run_gate(one_flip, result(0.95), champ, CFG).passed
+    collapse = result(0.9, per={"a": 0.5, "b": 0.9})
+    d = run_gate(collapse, result(0.95), champ, CFG)
+    assert [c.name for c in d.failed] == ["worst_intent_f1_drop"] and "over tolerance: a" in d.reason()
