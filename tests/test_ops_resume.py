@@ -77,11 +77,16 @@ def test_killed_night_resumes_without_relabeling_and_is_not_run_twice(tmp_path):
     assert "reusing its report, nothing re-ingested" in resumed.stdout
     assert "0 messages to label" in resumed.stdout
     assert _labels(home) == labels_before
-    summary = json.loads(resumed.stdout[resumed.stdout.index("{\n"):])
+    summary = _json_block(resumed.stdout)
     assert summary["rows_relabeled"] == 0 and summary["model_version"]
     assert json.loads((home / "lake" / "nights" / f"{NIGHT}.json").read_text())["completed_at"]
 
     again = _edgeloop(home, "night", "--night", NIGHT, "--json", *QUICK)
     assert again.returncode == 0, again.stdout[-3000:]
-    skipped = json.loads(again.stdout[again.stdout.index("{\n"):])
+    skipped = _json_block(again.stdout)
     assert "already completed" in skipped["skipped"]
+
+
+def _json_block(output: str) -> dict:
+    """The CLI's --json object; log lines (stderr is merged in) may follow it."""
+    return json.JSONDecoder().raw_decode(output[output.index("{\n"):])[0]
