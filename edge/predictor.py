@@ -41,8 +41,7 @@ class OnnxPredictor:
                                             providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
 
-    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encs = self.tokenizer.encode_batch(list(texts))
+    def _feeds(self, encs: list) -> dict[str, np.ndarray]:
         width = max(len(e.ids) for e in encs)
         ids = np.zeros((len(encs), width), dtype=np.int64)
         mask = np.zeros((len(encs), width), dtype=np.int64)
@@ -52,17 +51,26 @@ class OnnxPredictor:
         feeds = {"input_ids": ids, "attention_mask": mask}
         return {k: v for k, v in feeds.items() if k in self._inputs}
 
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self._feeds(self.tokenizer.encode_batch(list(texts)))
+
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities, one row per text, columns in ``self.labels`` order."""
+        """Class probabilities, one row per text, columns in ``self.labels`` order.
+
+        Texts are batched by token length (little padding to compute) and returned in input order.
+        """
         if not len(texts):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        out = []
-        for start in range(0, len(texts), batch_size):
-            logits = self.session.run(["logits"], self._encode(texts[start:start + batch_size]))[0]
+        encs = self.tokenizer.encode_batch(list(texts))
+        order = np.argsort([len(e.ids) for e in encs], kind="stable")
+        out = np.empty((len(encs), len(self.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            logits = self.session.run(["logits"], self._feeds([encs[i] for i in idx]))[0]
             z = logits - logits.max(axis=1, keepdims=True)
             p = np.exp(z)
-            out.append(p / p.sum(axis=1, keepdims=True))
-        return np.concatenate(out).astype(np.float32)
+            out[idx] = p / p.sum(axis=1, keepdims=True)
+        return out
 
     def predict(self, texts: list[str]) -> list[tuple[str, float]]:
         """(label, confidence) for each text."""

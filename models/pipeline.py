@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -72,6 +74,34 @@ def load_teacher(settings: Settings, ref: TeacherRef):
     return _local_teacher(ref.folder, settings.teacher.max_length, settings.teacher.relabel_batch_size)
 
 
+def relabel_teacher(settings: Settings, ref: TeacherRef):
+    """The teacher that labels the lake: ONNX Runtime fp32 by default (exported once per version)."""
+    if settings.teacher.kind == "endpoint" or settings.teacher.relabel_runtime == "torch":
+        return load_teacher(settings, ref)
+    return _onnx_teacher(ref.folder, settings.teacher.max_length)
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=2)
+def _onnx_teacher(folder: str, max_length: int):
+    from edge.predictor import MODEL_FILE, OnnxPredictor
+    from models.quantize import write_edge_folder
+
+    onnx_dir = Path(folder).parent / f"onnx-fp32-{max_length}"
+    with _EXPORT_LOCK:  # shards on threads share one export; on processes the rename decides
+        if not (onnx_dir / MODEL_FILE).exists():
+            teacher = _local_teacher(folder, max_length, 64)
+            tmp = onnx_dir.with_name(f"{onnx_dir.name}.{uuid.uuid4().hex}.partial")
+            write_edge_folder(teacher.model, teacher.tokenizer, tmp, max_length, backend="onnx-fp32")
+            try:
+                tmp.rename(onnx_dir)
+            except OSError:  # another process finished the same export first
+                shutil.rmtree(tmp, ignore_errors=True)
+    return OnnxPredictor(onnx_dir, threads=1)
+
+
 def pending_shards(lake: Lake, ref: TeacherRef, n_shards: int) -> list[list[str]]:
     """Ids of messages this teacher version has not labeled, split into ``n_shards`` lists."""
     ids = lake.unlabeled(ref.cache_key)["message_id"].tolist()
@@ -87,7 +117,7 @@ def label_shard(settings: Settings, lake: Lake, ref: TeacherRef, ids: list[str])
     from data_contracts.contracts import validate_teacher_labels
 
     msgs = lake.messages().set_index("message_id").loc[ids]
-    teacher = load_teacher(settings, ref)
+    teacher = relabel_teacher(settings, ref)
     probs = teacher.predict_proba(msgs["text"].tolist())
     labels = np.array(teacher.labels)[probs.argmax(1)]
     out = pd.DataFrame({"message_id": ids, "probs": list(probs.astype(np.float32)),
