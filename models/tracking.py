@@ -54,5 +54,5 @@ def log_eval_artifacts(results: dict[str, EvalResult]) -> None:
             confusion_png(res, Path(tmp) / f"confusion_{name}.png", name)
             (Path(tmp) / f"eval_{name}.json").write_text(json.dumps(res.to_dict(), indent=2))
         mlflow.log_artifacts(tmp, artifact_path="evaluation")
-    mlflow.log_table(data={k: [row[k] for row in per_intent_table(results)]
-                           for k in per_intent_table(results)[0]}, artifact_file="evaluation/per_intent.json")
+    rows = per_intent_table(results)
+    mlflow.log_table(data={k: [row[k] for row in rows] for k in rows[0]}, artifact_file="evaluation/per_intent.json")
