@@ -81,7 +81,11 @@ def load_dataset(cfg: DatasetConfig, path: Path | None = None, require_labels: b
                            f"(set dataset.text_column / dataset.label_column)")
     text = raw[cfg.text_column]
     df = pd.DataFrame({"text": text.where(text.map(lambda v: isinstance(v, str)), None).astype(object)})
-    df["label"] = raw[cfg.label_column].astype("string") if cfg.label_column in raw.columns else pd.NA
+    if cfg.label_column in raw.columns:  # an empty label cell means "not labelled", not a label ""
+        label = raw[cfg.label_column].astype("string").str.strip()
+        df["label"] = label.mask(label == "")
+    else:
+        df["label"] = pd.NA
     df["message_id"] = df["text"].map(lambda t: message_id(t) if isinstance(t, str) else None)
     if not require_labels:
         return df[["message_id", "text", "label"]].reset_index(drop=True)
