@@ -36,7 +36,13 @@ def start_night_run(settings: Settings, night: str, flow_name: str) -> str:
     return run_id
 
 
-@task(name="ingest", retries=2, retry_delay_seconds=[2, 10])
+def _retry_io_only(task, task_run, state) -> bool:
+    """Retry transient failures, not bad input: a broken file stays broken on the second try."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, ValueError)  # DatasetError, ContractError, ConfigError are ValueErrors
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_io_only)
 def ingest(settings: Settings, night: str, input_file: str | None, parent_run_id: str) -> dict:
     """Redact, validate and append tonight's arrivals (and the seed on the first night).
 
