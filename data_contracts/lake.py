@@ -8,14 +8,16 @@
 * ``feedback/received_date=.../part-<hash>.parquet``: edge feedback events, one per ``event_id``.
 * ``nights/<night>.json``: which stream batch a night ingested, so a rerun re-reads the same one.
 
-Parts are written to a temporary name and renamed, so a crash never leaves half a file behind.
+The root is a folder or any fsspec URL (``s3://bucket/lake``). Parts are named by the hash of
+their content and written whole (a temporary name, then a rename), so a crash never leaves half a
+file behind and a retried write adds no second copy.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,33 +32,48 @@ FEEDBACK_LAKE_COLUMNS = ["event_id", "device_id", "model_version", "message_id",
 
 
 class Lake:
-    """Append-only Parquet store rooted at ``root``."""
+    """Append-only Parquet store rooted at ``root``: a local folder or any fsspec URL (s3://, gs://, memory://)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        import fsspec
+
+        self.url = str(root)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.root = self.root.rstrip("/")
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
 
     # ---- generic parts -----------------------------------------------------
-    def _write_part(self, folder: Path, df: pd.DataFrame) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{uuid.uuid4().hex}.parquet"
-        df.to_parquet(tmp, index=False)
+    def _write_part(self, folder: str, df: pd.DataFrame) -> str:
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        data = buf.getvalue()
         # Named by content: writing the very same rows twice leaves one part.
-        final = folder / f"part-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]}.parquet"
-        os.replace(tmp, final)
+        final = f"{folder}/part-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
+        if self.fs.exists(final):
+            return final
+        self.fs.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.tmp-{uuid.uuid4().hex}.parquet"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, final)  # a rename on local disks: readers never see half a part
         return final
 
-    @staticmethod
-    def _read_parts(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
-        files = sorted(folder.rglob("part-*.parquet")) if folder.exists() else []
+    def _read_parts(self, folder: str, columns: list[str] | None = None) -> pd.DataFrame:
+        files = sorted(f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1].startswith("part-")
+                       and f.endswith(".parquet")) if self.fs.exists(folder) else []
         if not files:
             return pd.DataFrame(columns=columns or [])
-        frames = [pd.read_parquet(f, columns=columns) for f in files]
+        frames = []
+        for f in files:
+            with self.fs.open(f, "rb") as fh:
+                frames.append(pd.read_parquet(fh, columns=columns))
         return pd.concat(frames, ignore_index=True)
 
     # ---- messages ------------------------------------------------------------
     @property
-    def messages_dir(self) -> Path:
-        return self.root / "messages"
+    def messages_dir(self) -> str:
+        return self._path("messages")
 
     def message_ids(self) -> set[str]:
         return set(self._read_parts(self.messages_dir, ["message_id"])["message_id"])
@@ -78,7 +95,7 @@ class Lake:
             .astype("string").values,
             "received_at": pd.Timestamp(received_at).tz_convert("UTC"),
         })
-        self._write_part(self.messages_dir / f"received_date={received_at:%Y-%m-%d}", out)
+        self._write_part(f"{self.messages_dir}/received_date={received_at:%Y-%m-%d}", out)
         return len(out)
 
     def has_source(self, source: str) -> bool:
@@ -93,11 +110,11 @@ class Lake:
         """Record gold labels learnt after ingestion (``message_id, gold_label, at``)."""
         if df.empty:
             return 0
-        self._write_part(self.root / "corrections", df[["message_id", "gold_label", "at"]])
+        self._write_part(self._path("corrections"), df[["message_id", "gold_label", "at"]])
         return len(df)
 
     def corrections(self) -> pd.DataFrame:
-        return self._read_parts(self.root / "corrections", ["message_id", "gold_label", "at"])
+        return self._read_parts(self._path("corrections"), ["message_id", "gold_label", "at"])
 
     def training_messages(self) -> pd.DataFrame:
         """Messages with gold labels updated by the latest correction for each message."""
@@ -125,12 +142,12 @@ class Lake:
         out["corrected_label"] = out["corrected_label"].astype("string")
         out["at"] = pd.to_datetime(out["at"], utc=True, format="ISO8601")
         day = out["at"].min()
-        self._write_part(self.root / "feedback" / f"received_date={day:%Y-%m-%d}", out)
+        self._write_part(self._path("feedback", f"received_date={day:%Y-%m-%d}"), out)
         return out
 
     def feedback(self) -> pd.DataFrame:
         """Every feedback event in the lake, one row per ``event_id``."""
-        df = self._read_parts(self.root / "feedback", FEEDBACK_LAKE_COLUMNS)
+        df = self._read_parts(self._path("feedback"), FEEDBACK_LAKE_COLUMNS)
         return df.drop_duplicates("event_id", keep="first").reset_index(drop=True) if len(df) else df
 
     # ---- quarantine -----------------------------------------------------------
@@ -144,15 +161,15 @@ class Lake:
             if col not in ("reason", "contract"):
                 out[col] = out[col].map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
         out["quarantined_at"] = pd.Timestamp(at).tz_convert("UTC")
-        self._write_part(self.root / "quarantine" / f"received_date={at:%Y-%m-%d}", out)
+        self._write_part(self._path("quarantine", f"received_date={at:%Y-%m-%d}"), out)
         return len(out)
 
     def quarantined(self) -> pd.DataFrame:
-        return self._read_parts(self.root / "quarantine")
+        return self._read_parts(self._path("quarantine"))
 
     # ---- teacher labels --------------------------------------------------------
-    def labels_dir(self, teacher_version: str) -> Path:
-        return self.root / "labels" / str(teacher_version)
+    def labels_dir(self, teacher_version: str) -> str:
+        return self._path("labels", str(teacher_version))
 
     def labels(self, teacher_version: str) -> pd.DataFrame:
         df = self._read_parts(self.labels_dir(teacher_version))
@@ -173,16 +190,18 @@ class Lake:
 
     # ---- night ledger ---------------------------------------------------------
     def night_record(self, night: str) -> dict | None:
-        p = self.root / "nights" / f"{night}.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        p = self._path("nights", f"{night}.json")
+        return json.loads(self.fs.cat_file(p)) if self.fs.exists(p) else None
 
     def nights(self) -> list[dict]:
-        folder = self.root / "nights"
-        return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+        folder = self._path("nights")
+        if not self.fs.exists(folder):
+            return []
+        return [json.loads(self.fs.cat_file(p)) for p in sorted(self.fs.find(folder)) if p.endswith(".json")]
 
     def record_night(self, night: str, record: dict) -> None:
-        folder = self.root / "nights"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{night}.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, folder / f"{night}.json")
+        folder = self._path("nights")
+        self.fs.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/.{night}.{uuid.uuid4().hex}.tmp"
+        self.fs.pipe_file(tmp, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
+        self.fs.mv(tmp, f"{folder}/{night}.json")

@@ -169,6 +169,8 @@ class Settings(_Section):
     contracts: ContractsConfig = Field(default_factory=ContractsConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    lake_url: str = Field("", description="Root of the lake: a folder or an fsspec URL (s3://bucket/lake); "
+                          "empty = <home>/lake.")
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")
     feedback_dir: str = Field("", description="Spool folder where devices (or an upload endpoint) drop "
                               "feedback *.jsonl files; empty = <home>/feedback/inbox.")
@@ -201,6 +203,9 @@ class Settings(_Section):
 
     def public_key_path(self) -> Path:
         return Path(self.bundle.public_key) if self.bundle.public_key else self.home_path() / "keys" / "edge_signing.pub"
+
+    def lake_root(self) -> str:
+        return self.lake_url or str(self.home_path() / "lake")
 
     def bundles_root(self) -> Path:
         return self.home_path() / "bundles"

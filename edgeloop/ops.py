@@ -50,7 +50,7 @@ def lock_path(settings: Settings) -> Path:
 def ledger_record(settings: Settings, night: str) -> dict | None:
     from data_contracts.lake import Lake
 
-    return Lake(settings.home_path() / "lake").night_record(night)
+    return Lake(settings.lake_root()).night_record(night)
 
 
 def completed(settings: Settings, night: str) -> dict | None:
@@ -63,7 +63,7 @@ def mark_completed(settings: Settings, night: str, summary: dict) -> None:
     """Add the night's outcome to its ledger record (written by ingest)."""
     from data_contracts.lake import Lake
 
-    lake = Lake(settings.home_path() / "lake")
+    lake = Lake(settings.lake_root())
     rec = lake.night_record(night) or {"night": night}
     rec.update({"completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "mlflow_run_id": summary.get("mlflow_run_id"), "model_version": summary.get("model_version"),

@@ -22,7 +22,7 @@ task = partial(prefect.task, cache_policy=NO_CACHE)
 
 
 def _lake(settings: Settings) -> Lake:
-    return Lake(settings.home_path() / "lake")
+    return Lake(settings.lake_root())
 
 
 @task(name="start-night-run", retries=2, retry_delay_seconds=[2, 10])

@@ -63,7 +63,7 @@ def rollback(settings: Settings, reason: str, by: str) -> dict:
 @task(name="settle-canary", retries=1, retry_delay_seconds=5)
 def settle_canary(settings: Settings, by: str) -> dict:
     """Judge the canary on the lake's feedback: promote it to stable, roll it back, or wait."""
-    feedback = Lake(settings.home_path() / "lake").feedback()
+    feedback = Lake(settings.lake_root()).feedback()
     result = rollout.settle_canary(settings, feedback, by)
     verdict = result["verdict"]
     get_run_logger().info("canary %s: %s (%s)", verdict["canary_version"], verdict["action"], verdict["reason"])
