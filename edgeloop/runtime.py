@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from pathlib import Path
 
 from edgeloop.config import Settings
 
@@ -43,12 +42,9 @@ def prepare_process(settings: Settings) -> None:
 
 def quiet_libraries() -> None:
     """Keep library chatter (load reports, deprecation notes) out of the night's log."""
+    # ONNX export and quantization silence their own tracer/quantizer notes (models/quantize.py).
     logging.getLogger("onnxruntime").setLevel(logging.WARNING)
-    for name in ("root",):
-        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*TracerWarning.*")
-    warnings.filterwarnings("ignore", module="torch.onnx")
     try:
         import transformers
 
@@ -81,9 +77,3 @@ def library_log_levels() -> None:
     for name in OFFLINE_ENV["PREFECT_LOGGING_EXTRA_LOGGERS"].split(","):
         logging.getLogger(name).setLevel(logging.INFO)
 
-
-def work_dir(settings: Settings, *parts: str) -> Path:
-    """A folder under the home, created on demand."""
-    p = settings.home_path().joinpath(*parts)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

@@ -158,8 +158,10 @@ def train_candidate(settings: Settings, lake: Lake, ref: TeacherRef, label_names
     from models.distill import distill, prepare_transfer, recipe
     from models.quantize import write_edge_folder
     from models.student import build_student, compatible, load_student, n_params, save_student
+    from models.training import set_threads
 
     cfg = settings.student
+    set_threads(settings.torch_threads)
     texts, probs, gold = transfer_set(lake, ref, label_names)
     if not texts:
         raise ValueError("the lake holds no teacher-labeled messages: nothing to train on")
@@ -230,7 +232,9 @@ def bootstrap_teacher(settings: Settings, split: Split, out_dir: Path, on_epoch=
     """Fine-tune the base model on the seed's gold labels into ``out_dir/model``; evaluate on golden."""
     from edge.redact import redact
     from models.teacher import LocalTeacher, fine_tune_teacher
+    from models.training import set_threads
 
+    set_threads(settings.torch_threads)
     shutil.rmtree(out_dir, ignore_errors=True)
     texts = [redact(t)[0] for t in split.seed["text"]]  # the teacher sees what the lake stores
     history = fine_tune_teacher(texts, split.seed["label"].tolist(), split.labels, settings.teacher,
