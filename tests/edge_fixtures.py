@@ -8,7 +8,6 @@ Models are built once per test session, whichever test module asks first.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import pytest
@@ -42,6 +41,8 @@ def _tokenizer():
 def build_model_dir(out: Path, seed: int) -> Path:
     """Write model.onnx, tokenizer.json, labels.json, bundle.json for a random tiny BERT."""
     import torch
+
+    from models.quantize import export_onnx
     from transformers import BertConfig, BertForSequenceClassification
 
     out.mkdir(parents=True, exist_ok=True)
@@ -53,22 +54,7 @@ def build_model_dir(out: Path, seed: int) -> Path:
                         num_labels=len(LABELS))
     model = BertForSequenceClassification(config).eval()
 
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids, attention_mask):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
-
-    ids = torch.ones((2, 8), dtype=torch.long)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about constants that do not affect BERT
-        torch.onnx.export(
-            LogitsOnly(model), (ids, torch.ones_like(ids)), str(out / "model.onnx"),
-            input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=18,
-            dynamo=False, dynamic_axes={"input_ids": {0: "batch", 1: "seq"},
-                                        "attention_mask": {0: "batch", 1: "seq"}, "logits": {0: "batch"}})
+    export_onnx(model, out / "model.onnx", MAX_LENGTH)  # the night's own export path
     (out / "labels.json").write_text(json.dumps(LABELS))
     (out / "bundle.json").write_text(json.dumps({"max_length": MAX_LENGTH, "backend": "onnx-fp32"}))
     return out
