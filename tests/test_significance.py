@@ -1,0 +1,102 @@
+"""The paired gate statistics: noise passes, a lost intent is named, Holm is Holm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.significance import compare_paired, holm, mcnemar_worse, regressions
+
+
+def _labels(k: int, per: int) -> list[str]:
+    return [f"intent {i}?" for i in range(k) for _ in range(per)]
+
+
+def _noisy(y: list[str], acc: float, rng: np.random.Generator, names: list[str]) -> list[str]:
+    """Predictions right with probability ``acc``, otherwise a random other label."""
+    out = []
+    for t in y:
+        out.append(t if rng.random() < acc else rng.choice([n for n in names if n != t]))
+    return out
+
+
+def test_holm_adjusts_step_down_and_stays_monotone():
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_mcnemar_one_sided_exact():
+    assert mcnemar_worse(0, 5) == 1.0
+    assert mcnemar_worse(3, 0) == pytest.approx(0.125)  # three of three discordant pairs went wrong
+    assert mcnemar_worse(2, 2) == pytest.approx(11 / 16)
+
+
+def test_identical_models_have_no_regression():
+    y = _labels(5, 20)
+    overall, intents = compare_paired(y, y, y)
+    assert overall.worse == overall.better == 0
+    assert regressions([overall, *intents], alpha=0.05, min_effect=0.0) == []
+
+
+def test_a_lost_intent_is_named():
+    rng = np.random.default_rng(1)
+    y = _labels(27, 33)
+    names = sorted(set(y))
+    champ = _noisy(y, 0.97, rng, names)
+    cand = list(champ)
+    lost = "intent 7?"
+    for i, t in enumerate(y):
+        if t == lost:
+            cand[i] = "intent 8?"
+    overall, intents = compare_paired(y, champ, cand)
+    found = regressions(intents, alpha=0.05, min_effect=0.1)
+    assert [r.slice for r in found] == [lost]
+    assert found[0].effect < -0.9 and found[0].p_adjusted < 1e-6
+
+
+def test_better_overall_but_two_texts_worse_in_one_intent_passes():
+    rng = np.random.default_rng(2)
+    y = _labels(27, 30)
+    names = sorted(set(y))
+    champ = _noisy(y, 0.9, rng, names)
+    cand = [t if rng.random() < 0.5 else p for t, p in zip(y, champ)]  # fixes about half the errors
+    idx = [i for i, t in enumerate(y) if t == "intent 3?" and cand[i] == t][:2]
+    for i in idx:
+        cand[i] = "intent 4?"
+    overall, intents = compare_paired(y, champ, cand)
+    assert overall.effect > 0
+    assert regressions([overall, *intents], alpha=0.05, min_effect=0.05) == []
+
+
+def test_same_quality_candidates_pass_at_least_19_in_20():
+    """Two independent models of equal accuracy: the gate blocks one by chance rarely."""
+    rng = np.random.default_rng(3)
+    y = _labels(27, 33)
+    names = sorted(set(y))
+    blocked = 0
+    trials = 60
+    for _ in range(trials):
+        champ, cand = _noisy(y, 0.95, rng, names), _noisy(y, 0.95, rng, names)
+        overall, intents = compare_paired(y, champ, cand, resamples=200)
+        blocked += bool(regressions([overall], 0.05, 0.005) or regressions(intents, 0.05, 0.1))
+    assert blocked / trials <= 0.05
+
+
+def test_lengths_must_match():
+    with pytest.raises(ValueError, match="equal lengths"):
+        compare_paired(["a", "b"], ["a"], ["a", "b"])
+
+
+def test_bootstrap_ci_contains_the_observed_effect():
+    rng = np.random.default_rng(4)
+    y = _labels(10, 30)
+    names = sorted(set(y))
+    champ = _noisy(y, 0.9, rng, names)
+    right = [i for i, (t, p) in enumerate(zip(y, champ)) if t == p]
+    cand = list(champ)
+    for i in right[::8][:30]:  # 30 of 300 texts newly wrong: a 10-point drop
+        cand[i] = next(n for n in names if n != y[i])
+    overall, _ = compare_paired(y, champ, cand)
+    assert overall.effect == pytest.approx(-0.1)
+    assert overall.ci_low <= overall.effect <= overall.ci_high
+    assert overall.ci_high < 0  # a 10-point drop on 300 texts is clearly a drop
