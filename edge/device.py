@@ -25,17 +25,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from edge.channels import CANARY, STABLE, channel_file, followed, parse_record
 from edge.feedback import (DEVICE_ID, append_event, looks_like_message_id, make_event, message_id,
                            redact_text)
 from edge.fetch import FetchError, Source, open_source
-from edge.manifest import MANIFEST_FILE, is_safe_name
+from edge.manifest import MANIFEST_FILE
 from edge.predictor import LABELS_FILE, OnnxPredictor
 from edge.verify import (BundleVerificationError, check_manifest_shape, read_manifest,
                          verify_bundle, verify_signature)
 
 log = logging.getLogger(__name__)
 
-CANARY, STABLE = "canary", "stable"
 MANIFEST_LIMIT = 1 << 20
 MAX_TEXT_CHARS = 20_000
 _RECENT = 1024  # message ids remembered so feedback can name a message by id only
@@ -173,18 +173,17 @@ class Device:
         return SyncResult(status, channel, current, target, reason)
 
     def _read_channel(self, channel: str) -> dict[str, Any]:
-        # A canary device follows stable until a canary is published.
         if self.source is None:
             raise FetchError("no bundles source configured")
-        names = (CANARY, STABLE) if channel == CANARY else (STABLE,)
+        names = followed(channel)
         for i, name in enumerate(names):
             try:
-                raw = self.source.read_bytes(f"channels/{name}.json", MANIFEST_LIMIT)
+                raw = self.source.read_bytes(channel_file(name), MANIFEST_LIMIT)
             except FetchError:
                 if i + 1 < len(names):
                     continue
                 raise
-            return _parse_channel(raw, name)
+            return parse_record(raw, name)
         raise AssertionError("unreachable")
 
     def _usable(self, version: str) -> bool:
@@ -380,17 +379,3 @@ def _check_text(text: Any) -> None:
     if len(text) > MAX_TEXT_CHARS:
         raise ValueError(f"field 'text' is {len(text)} characters, above the limit of {MAX_TEXT_CHARS}")
 
-
-def _parse_channel(raw: bytes, name: str) -> dict[str, Any]:
-    try:
-        record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"channels/{name}.json is not valid JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"channels/{name}.json must be a JSON object")
-    for field in ("model_version", "bundle"):
-        if not is_safe_name(record.get(field)):
-            raise ValueError(f"channels/{name}.json field '{field}' is missing or not a plain name")
-    if not isinstance(record.get("manifest_sha256"), str):
-        raise ValueError(f"channels/{name}.json field 'manifest_sha256' is missing")
-    return record

@@ -1,8 +1,9 @@
 """Sign and publish edge bundles: the training side of the bundle format in :mod:`edge.manifest`.
 
 ``bundles/<model_version>/`` is written once, atomically, and never changed; devices find it
-through ``bundles/channels/{canary,stable}.json``. Every channel move is appended to
-``channels/history.jsonl`` with its reason, so a rollback is as visible as a promotion.
+through ``bundles/channels/{canary,stable}.json`` (the record :mod:`edge.channels` defines). Every
+channel move is appended to ``channels/history.jsonl`` with its reason, so a rollback is as visible
+as a promotion.
 """
 
 from __future__ import annotations
@@ -16,17 +17,14 @@ import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from edge.channels import (CHANNELS_DIR, HISTORY_FILE, Channel, channel_file, check_move, make_record,
+                           parse_record)
 from edge.manifest import (BUNDLE_FILES, FORMAT, KEY_ID_FIELD, MANIFEST_FILE, SIGNATURE_FIELD,
                            check_version_name, file_entry, key_id, signed_payload)
 
 log = logging.getLogger(__name__)
-
-Channel = Literal["canary", "stable"]
-CHANNELS: tuple[str, ...] = ("canary", "stable")
-CHANNELS_DIR = "channels"
-HISTORY_FILE = "history.jsonl"
 
 
 def _now() -> str:
@@ -164,9 +162,7 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
 
 # ---- channels ----------------------------------------------------------------------------------
 def _channel_path(bundles_root: Path, channel: str) -> Path:
-    if channel not in CHANNELS:
-        raise ValueError(f"channel must be one of {CHANNELS}, got {channel!r}")
-    return Path(bundles_root) / CHANNELS_DIR / f"{channel}.json"
+    return Path(bundles_root) / channel_file(channel)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -193,9 +189,7 @@ def publish_channel(bundles_root: Path, channel: Channel, model_version: str, re
     """
     bundles_root = Path(bundles_root)
     path = _channel_path(bundles_root, channel)
-    check_version_name(model_version)
-    if not reason or not reason.strip():
-        raise ValueError("reason must say why the channel moves")
+    check_move(channel, model_version, reason)
     folder = bundles_root / model_version
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.is_file():
@@ -204,9 +198,7 @@ def publish_channel(bundles_root: Path, channel: Channel, model_version: str, re
         from edge.verify import verify_bundle
         verify_bundle(folder, public_key)
     previous = read_channel(bundles_root, channel)
-    record = {"channel": channel, "model_version": model_version, "bundle": model_version,
-              "manifest_sha256": hashlib.sha256(manifest_path.read_bytes()).hexdigest(),
-              "published_at": _now(), "reason": reason.strip()}
+    record = make_record(channel, model_version, hashlib.sha256(manifest_path.read_bytes()).hexdigest(), reason)
     _write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
     history = {**record, "previous_model_version": previous["model_version"] if previous else None}
     with open(path.parent / HISTORY_FILE, "a", encoding="utf-8") as fh:
@@ -220,7 +212,7 @@ def read_channel(bundles_root: Path, channel: Channel) -> dict | None:
     path = _channel_path(bundles_root, channel)
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return parse_record(path.read_bytes(), channel)
 
 
 def channel_history(bundles_root: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""Bundle format: manifest, signature, verification refusals, channels (models/bundle.py, edge/verify.py)."""
+"""Bundle format: manifest, signature, verification refusals, channels (models/bundle.py, edge/verify.py,
+edge/channels.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import stat
 import numpy as np
 import pytest
 
+from edge.channels import CANARY, RECORD_FIELDS, STABLE, followed, make_record, parse_record
 from edge.manifest import MANIFEST_FILE, sha256_file
 from edge.verify import BundleVerificationError, verify_bundle
 from models.bundle import (build_bundle, channel_history, ensure_signing_key, publish_channel,
@@ -162,3 +164,20 @@ def test_publish_channel_refuses_bad_input(edge_model_dirs, signing_keys, tmp_pa
     with pytest.raises(BundleVerificationError, match="checksum mismatch"):
         publish_channel(root, "stable", "v1", "why", public_key=signing_keys["public"])
     assert read_channel(root, "stable") is None
+
+
+def test_channel_record_round_trips_and_bad_records_name_the_field():
+    record = make_record(CANARY, "v3", "ab" * 32, " gate passed ")
+    assert set(record) == set(RECORD_FIELDS) and record["reason"] == "gate passed"
+    assert parse_record(json.dumps(record), CANARY) == record
+    assert followed(CANARY) == (CANARY, STABLE) and followed(STABLE) == (STABLE,)
+    with pytest.raises(ValueError, match="manifest_sha256"):
+        make_record(STABLE, "v3", "not-a-digest", "why")
+    with pytest.raises(ValueError, match="model_version"):
+        make_record(STABLE, "../v3", "ab" * 32, "why")
+    with pytest.raises(ValueError, match="channels/stable.json field 'bundle'"):
+        parse_record(json.dumps({**record, "bundle": "../../etc"}), STABLE)
+    with pytest.raises(ValueError, match="channels/canary.json is not valid JSON"):
+        parse_record(b"{", CANARY)
+    with pytest.raises(ValueError, match="channel must be one of"):
+        parse_record(json.dumps(record), "beta")
