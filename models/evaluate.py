@@ -28,12 +28,14 @@ class EvalResult:
     extra: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """Flat numeric metrics for MLflow (per-intent F1 as ``f1.<intent>``)."""
+        """Flat numeric metrics for MLflow (per-intent F1 as ``f1.<label_key(intent)>``)."""
+        from models.keys import label_key
+
         out = {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "n": float(self.n)}
         for k in ("agreement_with_teacher", "size_mb", "p50_ms", "p95_ms"):
             if getattr(self, k) is not None:
                 out[k] = float(getattr(self, k))
-        out.update({f"f1.{k}": v for k, v in self.per_intent_f1.items()})
+        out.update({f"f1.{label_key(k)}": v for k, v in self.per_intent_f1.items()})
         out.update(self.extra)
         return {f"{prefix}{k}": float(v) for k, v in out.items()}
 
