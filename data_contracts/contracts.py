@@ -39,15 +39,13 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from data_contracts.lake import FEEDBACK_LAKE_COLUMNS, MESSAGE_COLUMNS as RAW_COLUMNS
 from data_contracts.redaction import find_pii
+from edge.feedback import DEVICE_ID_REGEX  # devices issue the ids: one definition, theirs
 
-RAW_COLUMNS = ["message_id", "text", "source", "gold_label", "received_at"]
 LABEL_COLUMNS = ["message_id", "probs", "label", "confidence"]
-FEEDBACK_COLUMNS = ["device_id", "model_version", "message_id", "predicted", "accepted",
-                    "corrected_label", "at"]
-#: Device ids are issued by the edge runtime as ``dev-`` + 4-32 lowercase letters/digits
-#: (a hash prefix in practice); anything else is not one of our devices.
-DEVICE_ID_REGEX = r"^dev-[a-z0-9]{4,32}$"
+#: The feedback contract judges what the lake keeps of an event, less its key (``event_id``).
+FEEDBACK_COLUMNS = [c for c in FEEDBACK_LAKE_COLUMNS if c != "event_id"]
 # What GX runs: Python's ``$`` also matches before a trailing newline ("dev-abcd\n"); ``\Z`` does not.
 _DEVICE_ID_STRICT = DEVICE_ID_REGEX[:-1] + r"\Z"
 EARLIEST = pd.Timestamp("2000-01-01", tz="UTC")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edge.feedback import message_id  # devices compute the id: one definition, theirs
 from edgeloop.config import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,6 @@ log = logging.getLogger(__name__)
 
 class DatasetError(ValueError):
     """The data set file does not match its configuration; the message says what was expected."""
-
-
-def message_id(text: str) -> str:
-    """Content hash of a message: the same text always gets the same id."""
-    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:32]
 
 
 def read_table(path: Path, cfg: DatasetConfig) -> pd.DataFrame:

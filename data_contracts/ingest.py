@@ -183,7 +183,7 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
     ``event_id``) are skipped, the events are written last (after messages and corrections) and
     files move only after every write succeeded, so a crash at any point is repaired by a rerun.
     """
-    from edge.collect import collect_feedback
+    from data_contracts.feedback_inbox import collect_feedback
     from edge.feedback import FIELDS
 
     now = now or datetime.now(timezone.utc)

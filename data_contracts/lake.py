@@ -25,10 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from edge.feedback import FIELDS as FEEDBACK_FIELDS
+
+#: ``lake/messages`` rows; the raw-messages contract checks exactly these.
 MESSAGE_COLUMNS = ["message_id", "text", "source", "gold_label", "received_at"]
-#: ``lake/feedback`` rows: the feedback contract's columns keyed by the device's ``event_id``.
-FEEDBACK_LAKE_COLUMNS = ["event_id", "device_id", "model_version", "message_id", "predicted", "accepted",
-                         "corrected_label", "at"]
+#: ``lake/feedback`` rows: a device's event without its text, which goes to ``lake/messages``
+#: (keyed by ``message_id``) through the same redaction and contracts as any arrival.
+FEEDBACK_LAKE_COLUMNS = [f for f in FEEDBACK_FIELDS if f != "text"]
 
 
 class Lake:

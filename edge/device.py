@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edge.channels import CANARY, STABLE, channel_file, followed, parse_record
-from edge.feedback import (DEVICE_ID, append_event, looks_like_message_id, make_event, message_id,
-                           redact_text)
+from edge.feedback import append_event, is_device_id, looks_like_message_id, make_event, message_id
 from edge.fetch import FetchError, Source, open_source
 from edge.manifest import MANIFEST_FILE
 from edge.predictor import LABELS_FILE, OnnxPredictor
+from edge.redact import redact
 from edge.verify import (BundleVerificationError, check_manifest_shape, read_manifest,
                          verify_bundle, verify_signature)
 
@@ -94,7 +94,7 @@ class Device:
     def __init__(self, device_id: str, home: str | Path, bundles: str | Path | None, public_key: str | Path,
                  canary_share: float = 0.1, *, max_bundle_bytes: int = 1 << 30,
                  timeout: float = 30.0, threads: int = 1):
-        if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
+        if not is_device_id(device_id):
             raise ValueError(f"device_id {device_id!r} must be 'dev-' + 4-32 lowercase letters/digits")
         if not 0.0 <= canary_share <= 1.0:
             raise ValueError(f"canary_share must be within [0, 1], got {canary_share}")
@@ -328,7 +328,7 @@ class Device:
     def predict(self, text: str) -> Prediction:
         """Redact ``text``, then classify it with the running model."""
         _check_text(text)
-        redacted, _ = redact_text(text)
+        redacted, _ = redact(text)
         predictor, version = self._active()
         label, confidence = predictor.predict([redacted])[0]
         mid = message_id(redacted)
@@ -353,7 +353,7 @@ class Device:
             mid, text = message, self._recent.get(message)
         else:
             _check_text(message)
-            text, _ = redact_text(message)
+            text, _ = redact(message)
             mid = message_id(text)
         version = model_version or self.current_version()
         self._check_labels(version, predicted=predicted, corrected_label=corrected_label)

@@ -2,14 +2,15 @@
 
 One JSON line per event in ``<device home>/feedback/<UTC date>.jsonl``. Text is redacted before
 it is hashed or stored, so the ``message_id`` a device writes is the one the lake computes for
-the same (redacted) message.
+the same (redacted) message. This module is the one definition of what a device sends: the event
+fields (:data:`FIELDS`), the device id (:data:`DEVICE_ID_REGEX`) and the content hash
+(:func:`message_id`); the server side (``data_contracts``) imports them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import threading
 import uuid
@@ -17,38 +18,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 FEEDBACK_DIR = "feedback"
+#: Fields of one event, in file order.
 FIELDS = ("event_id", "device_id", "model_version", "message_id", "text", "predicted",
           "accepted", "corrected_label", "at")
 _MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
-#: Device ids as the feedback contract (``data_contracts.contracts.DEVICE_ID_REGEX``) accepts them.
-DEVICE_ID = re.compile(r"^dev-[a-z0-9]{4,32}$")
-_redactor = None
+#: Device ids: ``dev-`` + 4-32 lowercase letters/digits (a hash prefix in practice); anything else
+#: is not one of our devices. Match the whole string (``fullmatch``): ``$`` alone lets "\n" through.
+DEVICE_ID_REGEX = r"^dev-[a-z0-9]{4,32}$"
+DEVICE_ID = re.compile(DEVICE_ID_REGEX)
 _append_lock = threading.Lock()
 
 
 def message_id(text: str) -> str:
-    """Content hash of a message; must equal ``data_contracts.datasets.message_id``."""
+    """Content hash of a message (stripped, UTF-8): the same text always gets the same id, on a
+    device and in the lake."""
     return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:32]
+
+
+def is_device_id(value: Any) -> bool:
+    """True when ``value`` is a device id as :data:`DEVICE_ID_REGEX` defines it."""
+    return isinstance(value, str) and DEVICE_ID.fullmatch(value) is not None
 
 
 def looks_like_message_id(value: str) -> bool:
     """True for 32 lowercase hex characters, the shape of :func:`message_id`."""
     return bool(_MESSAGE_ID.match(value))
-
-
-def redact_text(text: str) -> tuple[str, dict[str, int]]:
-    """Redact PII with ``edge.redact.redact``; identity (with a warning) until that module exists."""
-    global _redactor
-    if _redactor is None:
-        try:
-            from edge.redact import redact as _redactor  # noqa: PLW0603 - imported once, lazily
-        except ImportError:
-            log.warning("edge.redact is not available: text is NOT redacted on this device")
-            _redactor = lambda t: (t, {})  # noqa: E731
-    return _redactor(text)
 
 
 def make_event(*, device_id: str, model_version: str | None, message_id: str, text: str | None,
@@ -80,7 +75,7 @@ def validate_event(event: dict[str, Any]) -> None:
     if event["corrected_label"] is not None and (event["accepted"] or event["corrected_label"] == event["predicted"]):
         raise ValueError("feedback field 'corrected_label' is only for a rejected prediction and "
                          "must differ from 'predicted'")
-    if not DEVICE_ID.match(event["device_id"]):
+    if not is_device_id(event["device_id"]):
         raise ValueError(f"feedback field 'device_id' {event['device_id']!r} is not dev-<4-32 lowercase letters/digits>")
     try:
         datetime.fromisoformat(event["at"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.collect import collect_feedback
+from data_contracts.feedback_inbox import collect_feedback
 from edge.device import Device
 from models.bundle import channel_history, publish_channel
 from edge_fixtures import edge_model_dirs, flip_byte, make_bundle, signing_keys  # noqa: F401

@@ -1,6 +1,7 @@
 """Gather device feedback for the night: read, validate, re-redact, de-duplicate.
 
-Sources are device homes (their ``feedback/`` folder is read) or spool folders where devices
+Server side only (the night's ingest calls it); the event format is the device's
+(:mod:`edge.feedback`). Sources are device homes (their ``feedback/`` folder is read) or spool folders where devices
 upload their ``*.jsonl`` files (read recursively). A malformed line is skipped and counted, never
 fatal: one broken device must not stop the night.
 """
@@ -13,7 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edge.feedback import FEEDBACK_DIR, FIELDS, message_id, redact_text, validate_event
+from edge.feedback import FEEDBACK_DIR, FIELDS, message_id, validate_event
+from edge.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int]:
 def _redacted(event: dict[str, Any]) -> dict[str, Any]:
     # Devices redact already; redacting again guards against a device with an older redactor.
     if event["text"] is not None:
-        text, _ = redact_text(event["text"])
+        text, _ = redact(event["text"])
         if text != event["text"]:
             event["text"], event["message_id"] = text, message_id(text)
     return event
