@@ -220,8 +220,3 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
     for pattern, kind, accept in _RULES:
         text = _sub(pattern, kind, text, counts, accept)
     return text, counts
-
-
-def find_pii(text: str) -> list[str]:
-    """The PII types ``redact`` would still replace in ``text`` (empty when it is clean)."""
-    return sorted(redact(text)[1])
