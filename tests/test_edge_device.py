@@ -177,8 +177,9 @@ def test_canary_device_follows_stable_until_a_canary_is_published(world):
 
 
 def test_device_refuses_bad_ids_and_shares(tmp_path):
-    with pytest.raises(ValueError, match="device_id"):
-        Device("Device 1", tmp_path, None, tmp_path / "k.pub")
+    for bad in ("Device 1", "dev-abcd\n", "dev-ab"):  # "\n": the feedback contract refuses it too
+        with pytest.raises(ValueError, match="device_id"):
+            Device(bad, tmp_path, None, tmp_path / "k.pub")
     with pytest.raises(ValueError, match="canary_share"):
         Device("dev-0001", tmp_path, None, tmp_path / "k.pub", canary_share=1.5)
 
