@@ -6,7 +6,9 @@
   (message_id, teacher_version).
 * ``quarantine/received_date=.../part-<hash>.parquet``: rows a contract rejected, with a reason.
 * ``feedback/received_date=.../part-<hash>.parquet``: edge feedback events, one per ``event_id``.
-* ``nights/<night>.json``: which stream batch a night ingested, so a rerun re-reads the same one.
+* ``nights/<night>.json``: the night ledger. Ingest records which stream batch a night read, so a
+  rerun re-reads the same one; the night's end marks it completed (``completed_at`` and its
+  outcome), so a completed night is not run again by mistake.
 
 The root is a folder or any fsspec URL (``s3://bucket/lake``). Parts are named by the hash of
 their content and written whole (a temporary name, then a rename), so a crash never leaves half a
@@ -32,6 +34,8 @@ MESSAGE_COLUMNS = ["message_id", "text", "source", "gold_label", "received_at"]
 #: ``lake/feedback`` rows: a device's event without its text, which goes to ``lake/messages``
 #: (keyed by ``message_id``) through the same redaction and contracts as any arrival.
 FEEDBACK_LAKE_COLUMNS = [f for f in FEEDBACK_FIELDS if f != "text"]
+#: What a completed night adds to its ledger record, from the night's summary.
+NIGHT_OUTCOME = ("mlflow_run_id", "model_version", "gate_decision")
 
 
 class Lake:
@@ -193,8 +197,25 @@ class Lake:
 
     # ---- night ledger ---------------------------------------------------------
     def night_record(self, night: str) -> dict | None:
+        """The ledger record of ``night``, or None before its ingest."""
         p = self._path("nights", f"{night}.json")
         return json.loads(self.fs.cat_file(p)) if self.fs.exists(p) else None
+
+    def completed_night(self, night: str) -> dict | None:
+        """The ledger record of ``night`` if the night ran to its summary, else None."""
+        rec = self.night_record(night)
+        return rec if rec and rec.get("completed_at") else None
+
+    def complete_night(self, night: str, summary: dict) -> dict:
+        """Mark ``night`` completed now, with the :data:`NIGHT_OUTCOME` fields of its ``summary``.
+
+        Adds to the record ingest wrote (or starts one); returns the record.
+        """
+        rec = self.night_record(night) or {"night": night}
+        rec.update({"completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **{k: summary.get(k) for k in NIGHT_OUTCOME}})
+        self.record_night(night, rec)
+        return rec
 
     def nights(self) -> list[dict]:
         folder = self._path("nights")

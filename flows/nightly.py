@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from prefect import flow
 
 from edgeloop.config import settings_from_json
-from edgeloop.ops import exclusive_night, mark_completed
+from flows.guard import exclusive_night, mark_completed
 from flows.relabel import relabel_all
 from tasks import night as t
 from tasks import registry as rollout
@@ -34,7 +34,7 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
         config: settings overrides, e.g. ``{"student": {"epochs": 4}}``.
         force: run a night the ledger records as completed again (otherwise it is skipped).
 
-    Only one night runs at a time (``edgeloop.ops.exclusive_night``); a night that finds another
+    Only one night runs at a time (``flows.guard.exclusive_night``); a night that finds another
     running, or finds itself already completed, returns ``{"night": ..., "skipped": reason}``.
     """
     settings = settings_from_json(config)

@@ -99,7 +99,7 @@ def relabel_shard(settings: Settings, ref: pipeline.TeacherRef, ids: list[str]) 
 @task(name="train-student")
 def train_student(settings: Settings, ref: pipeline.TeacherRef, night: str, parent_run_id: str) -> dict:
     """Distill, quantize and export the candidate; returns its folder and training summary."""
-    from edgeloop.ops import crash_point
+    from tasks.hooks import crash_point
 
     crash_point("train-student")  # test hook: a no-op unless EDGELOOP_TEST_CRASH_AT=train-student
     split = load_split(settings.dataset)

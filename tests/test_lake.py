@@ -82,3 +82,15 @@ def test_night_ledger_round_trips(root):
     lake.record_night("2026-01-01", {"night": "2026-01-01", "batch_index": 0, "source": "stream"})
     assert lake.night_record("2026-01-01")["batch_index"] == 0 and lake.night_record("2026-01-02") is None
     assert len(lake.nights()) == 1
+
+
+def test_completing_a_night_keeps_what_ingest_recorded(root):
+    lake = Lake(root)
+    lake.record_night("2026-01-01", {"night": "2026-01-01", "batch_index": 4, "source": "stream"})
+    assert lake.completed_night("2026-01-01") is None  # ingested, not finished
+    lake.complete_night("2026-01-01", {"mlflow_run_id": "r1", "model_version": "3", "gate_decision": "pass",
+                                       "accuracy": 0.9})
+    done = lake.completed_night("2026-01-01")
+    assert done["batch_index"] == 4 and done["model_version"] == "3" and done["completed_at"]
+    assert "accuracy" not in done  # only the outcome, not the whole summary
+    assert lake.complete_night("2026-01-02", {})["night"] == "2026-01-02"  # no ingest record: one is started

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
+from data_contracts.lake import Lake
 from edgeloop.config import load_settings
-from edgeloop.ops import CRASH_ENV, completed, exclusive_night, lock_path, mark_completed
+from flows.guard import exclusive_night, lock_path, mark_completed
+from tasks.hooks import CRASH_ENV
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,9 +49,10 @@ def test_lock_held_by_another_process_and_released_when_it_dies(settings):
 
 
 def test_completed_night_is_skipped_unless_forced(settings):
-    assert completed(settings, "2026-11-01") is None
+    ledger = Lake(settings.lake_root())
+    assert ledger.completed_night("2026-11-01") is None
     mark_completed(settings, "2026-11-01", {"mlflow_run_id": "r1", "model_version": "3", "gate_decision": "pass"})
-    assert completed(settings, "2026-11-01")["model_version"] == "3"
+    assert ledger.completed_night("2026-11-01")["model_version"] == "3"
     with exclusive_night(settings, "2026-11-01", use_prefect=False) as skipped:
         assert skipped and "already completed" in skipped and "v3" in skipped
     with exclusive_night(settings, "2026-11-01", force=True, use_prefect=False) as skipped:
@@ -59,7 +62,7 @@ def test_completed_night_is_skipped_unless_forced(settings):
 
 
 def test_crash_hook_kills_only_when_named():
-    code = "from edgeloop.ops import crash_point as c; c('train-student'); print('alive')"
+    code = "from tasks.hooks import crash_point as c; c('train-student'); print('alive')"
     env = {**os.environ, CRASH_ENV: "evaluate"}
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "alive"
     env[CRASH_ENV] = "train-student"

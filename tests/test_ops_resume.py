@@ -1,7 +1,7 @@
 """Resume, don't redo: a night killed during train-student is rerun without re-ingesting or
 relabeling, finishes, and a further run of the completed night is skipped.
 
-The kill uses the documented test hook ``EDGELOOP_TEST_CRASH_AT=train-student`` (edgeloop/ops.py):
+The kill uses the documented test hook ``EDGELOOP_TEST_CRASH_AT=train-student`` (tasks/hooks.py):
 the night process SIGKILLs itself when train-student starts, as an OOM kill would.
 """
 

@@ -1,4 +1,4 @@
-"""Operating the night: one night at a time, and a night that completed is not run again.
+"""The night guard: one night at a time, and a night that completed is not run again.
 
 Two guards, taken in this order by :func:`exclusive_night`:
 
@@ -10,8 +10,9 @@ Two guards, taken in this order by :func:`exclusive_night`:
    until the lease expires, so when the file lock is ours and the slot is still busy, the night
    goes on and says so (on one host the file lock already proves nobody else runs a night).
 
-A night is *completed* once its summary is written to the night ledger (``lake/nights``); a
-later run for the same night is skipped with a reason unless ``force`` is set.
+A night is *completed* once :func:`mark_completed` wrote its outcome to the night ledger in the
+lake (:meth:`data_contracts.lake.Lake.complete_night`); a later run for the same night is skipped
+with a reason unless ``force`` is set.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from data_contracts.lake import Lake
 from edgeloop.config import Settings
+from edgeloop.runtime import library_log_levels
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +47,13 @@ def _logger():
 
 
 def lock_path(settings: Settings) -> Path:
+    """The file whose lock is held while a night runs."""
     return settings.home_path() / "run" / "night.lock"
 
 
-def ledger_record(settings: Settings, night: str) -> dict | None:
-    from data_contracts.lake import Lake
-
-    return Lake(settings.lake_root()).night_record(night)
-
-
-def completed(settings: Settings, night: str) -> dict | None:
-    """The ledger record of ``night`` if the night ran to its summary, else None."""
-    rec = ledger_record(settings, night)
-    return rec if rec and rec.get("completed_at") else None
-
-
 def mark_completed(settings: Settings, night: str, summary: dict) -> None:
-    """Add the night's outcome to its ledger record (written by ingest)."""
-    from data_contracts.lake import Lake
-
-    lake = Lake(settings.lake_root())
-    rec = lake.night_record(night) or {"night": night}
-    rec.update({"completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "mlflow_run_id": summary.get("mlflow_run_id"), "model_version": summary.get("model_version"),
-                "gate_decision": summary.get("gate_decision")})
-    lake.record_night(night, rec)
+    """Record in the night ledger that ``night`` ran to ``summary``; reruns of it are then skipped."""
+    Lake(settings.lake_root()).complete_night(night, summary)
 
 
 def ensure_night_limit(limit: int = 1) -> bool:
@@ -138,8 +123,6 @@ def exclusive_night(settings: Settings, night: str, force: bool = False, use_pre
 
     The file lock and the Prefect slot are held until the block exits.
     """
-    from edgeloop.runtime import library_log_levels
-
     library_log_levels()
     logger = _logger()
     path = lock_path(settings)
@@ -150,7 +133,7 @@ def exclusive_night(settings: Settings, night: str, force: bool = False, use_pre
             logger.warning("night %s skipped: %s", night, reason)
             yield reason
             return
-        done = completed(settings, night)
+        done = Lake(settings.lake_root()).completed_night(night)
         if done and not force:
             reason = (f"night {night} already completed at {done['completed_at']} "
                       f"(model v{done.get('model_version')}); pass force=True to run it again")
@@ -160,17 +143,3 @@ def exclusive_night(settings: Settings, night: str, force: bool = False, use_pre
         slot = _prefect_slot() if use_prefect and ensure_night_limit() else nullcontext()
         with slot:
             yield None
-
-
-CRASH_ENV = "EDGELOOP_TEST_CRASH_AT"
-
-
-def crash_point(step: str) -> None:
-    """TEST HOOK, never set in production: ``EDGELOOP_TEST_CRASH_AT=<step>`` SIGKILLs this process
-    when the night reaches ``step`` (as an OOM kill or a power cut would), so tests can show
-    that the rerun resumes. Only ``train-student`` calls it."""
-    if os.environ.get(CRASH_ENV) == step:
-        import signal
-
-        log.warning("%s=%s: killing this process (pid %d) now", CRASH_ENV, step, os.getpid())
-        os.kill(os.getpid(), signal.SIGKILL)
