@@ -78,7 +78,7 @@ def cli(home: Path, args: list[str], overrides: dict) -> tuple[float, dict | Non
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")}
     env["EDGELOOP_HOME"] = str(home)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "edgeloop.cli", *args, *sets, "--json"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *args, *sets, "--json"], cwd=ROOT, env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode not in (0,):

@@ -1,6 +1,6 @@
 import pytest
 
-from edgeloop.cli import build_parser, main
+from flows.cli import build_parser, main
 
 
 @pytest.mark.parametrize("command", [["--help"], ["night", "--help"], ["bootstrap-teacher", "--help"]])

@@ -39,7 +39,7 @@ def _edgeloop(home: Path, *args: str, timeout: float = 480, **env) -> subprocess
     home.mkdir(parents=True, exist_ok=True)
     log = home / f"cli-{len(list(home.glob('cli-*.log')))}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edgeloop.cli", *args], cwd=ROOT, env=_env(home, **env),
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=_env(home, **env),
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             proc.wait(timeout=timeout)

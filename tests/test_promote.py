@@ -123,7 +123,7 @@ def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, ca
     """The commands, through the real Prefect flows (one test API for this test)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from edgeloop.cli import main
+    from flows.cli import main
 
     for key in ("EDGELOOP_HOME", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(key, raising=False)  # main() sets them; monkeypatch restores them after

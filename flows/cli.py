@@ -2,6 +2,7 @@
 
 Each command runs the Prefect flow in this process (Prefect's ephemeral API, or the server named by
 ``PREFECT_API_URL``), prints where to look, and exits non-zero with a one-line reason on failure.
+The console script ``edgeloop`` and ``python -m flows.cli`` are the same program.
 """
 
 from __future__ import annotations
