@@ -2,22 +2,28 @@
 
 Loaded from a YAML file (``EDGELOOP_CONFIG``, default ``edgeloop.yaml`` in the working directory
 when it exists) and then overridden from the environment: ``EDGELOOP__SECTION__FIELD=value``
-(double underscores separate the levels, e.g. ``EDGELOOP__STUDENT__EPOCHS=2``). ``EDGELOOP_HOME``
-is a shortcut for ``EDGELOOP__HOME``. Nothing here touches the disk at import time.
+(double underscores separate the levels, e.g. ``EDGELOOP__STUDENT__EPOCHS=2``), ``--set
+SECTION.FIELD=VALUE`` on the command line, and values passed in code. ``EDGELOOP_HOME`` is a
+shortcut for ``EDGELOOP__HOME``. The sources are pydantic-settings'
+(:mod:`edgeloop.settings_sources`). Nothing here touches the disk at import time.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict,
+                               SettingsError)
+
+from edgeloop.settings_sources import ENV_PREFIX, ConfigError, file_and_env_sources
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings", "settings_from_json"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ENV_PREFIX = "EDGELOOP__"
 
 
 class _Section(BaseModel):
@@ -158,8 +164,16 @@ class MlflowConfig(_Section):
     student_model_name: str = "edge-student"
 
 
-class Settings(_Section):
-    """Everything edgeloop reads. Build with :func:`load_settings`."""
+class Settings(BaseSettings):
+    """Everything edgeloop reads. Build with :func:`load_settings` (``Settings()`` reads the same
+    sources, from ``os.environ``, but raises pydantic's ValidationError)."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **_builtin: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, *file_and_env_sources(settings_cls))
 
     home: str = Field("var", description="Root of the lake, bundles and local stores.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -229,63 +243,23 @@ class Settings(_Section):
         return out
 
 
-def _coerce(raw: str) -> Any:
-    """Environment values are strings; read them as JSON/YAML scalars when they parse."""
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    if environ.get("EDGELOOP_HOME"):
-        tree["home"] = environ["EDGELOOP_HOME"]
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        node = tree
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = _coerce(raw)
-    return tree
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-class ConfigError(ValueError):
-    """The configuration file or an override is invalid; the message names the field."""
-
-
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                  environ: dict[str, str] | None = None) -> Settings:
-    """Read settings from ``path`` (or ``EDGELOOP_CONFIG``), then the environment, then ``overrides``."""
-    environ = dict(os.environ if environ is None else environ)
-    path = path or environ.get("EDGELOOP_CONFIG")
-    if path is None and Path("edgeloop.yaml").exists():
-        path = "edgeloop.yaml"
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
-        data = loaded
-    data = _merge(data, _env_overrides(environ))
-    data = _merge(data, overrides or {})
+                  environ: Mapping[str, str] | None = None, assignments: Iterable[str] = ()) -> Settings:
+    """Settings from the YAML file ``path`` (default ``$EDGELOOP_CONFIG``, else ``./edgeloop.yaml``
+    when present), then ``environ`` (default ``os.environ``), then ``assignments``
+    (``SECTION.FIELD=VALUE``, as ``--set`` gives them), then ``overrides``; the later wins.
+
+    ConfigError names every field that does not validate.
+    """
+    sources = (InitSettingsSource(Settings, overrides or {}),
+               *file_and_env_sources(Settings, environ, path, assignments))
     try:
-        return Settings.model_validate(data)
+        return Settings(_build_sources=(sources, {}))
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(x) for x in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid edgeloop configuration:\n" + "\n".join(lines)) from None
+    except SettingsError as exc:  # a source could not read a value at all
+        raise ConfigError(f"invalid edgeloop configuration: {exc}") from None
 
 
 def settings_from_json(blob: str | dict[str, Any] | None) -> Settings:

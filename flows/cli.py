@@ -10,26 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from edgeloop.config import ConfigError, load_settings
-
-
-def _parse_set(values: list[str]) -> dict[str, Any]:
-    """``--set student.epochs=4`` → ``{"student": {"epochs": 4}}``."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects SECTION.FIELD=VALUE, got {item!r}")
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -117,8 +99,7 @@ def _print_summary(title: str, summary: dict, as_json: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = _parse_set(args.set)
-        settings = load_settings(args.config, overrides=overrides)
+        settings = load_settings(args.config, assignments=args.set)  # --set reads as EDGELOOP__… variables
     except ConfigError as exc:
         print(f"edgeloop: {exc}", file=sys.stderr)
         return 2
