@@ -1,0 +1,262 @@
+"""On-device personalization: store a device's labelled feedback, fit and gate its patch, serve it.
+
+Device home layout (next to edge/device.py's)::
+
+    home/personal/examples.jsonl   one labelled example per line (redacted text, label); stays here
+    home/personal/patch.npz        the active patch, if one passed the gate (edge/patch.py)
+    home/personal/status.json      the last decision: kept or not, why, gate figures, what changed
+
+The gate: a deterministic k-fold split of the examples by message id; a patch fitted without each
+fold predicts that fold; the patch is kept only when, over all folds, it gets at least as many
+held-out examples right as the base model does, and only with ``min_examples`` examples and
+``min_corrections`` corrections. The patch then kept is fitted on all examples.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edge.patch import (MAX_PATCH_BYTES, Patch, PatchError, base_outputs,
+                        changes, estimate_bytes, fit_patch, labels_sha256, load_patch, save_patch,
+                        softmax)
+
+PERSONAL_DIR = "personal"
+UPLOAD_POLICIES = ("none", "dp_delta")
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    """Device settings for personalization and what it may upload (docs/personalization.md)."""
+
+    enabled: bool = True
+    rank: int = 8
+    l2: float = 1e-3
+    steps: int = 300
+    lr: float = 0.05
+    max_patch_bytes: int = MAX_PATCH_BYTES
+    min_examples: int = 20
+    min_corrections: int = 3
+    gate_folds: int = 4
+    max_examples: int = 2000
+    upload: str = "none"
+    dp_epsilon: float = 1.0
+    dp_delta: float = 1e-5
+    dp_clip_norm: float = 1.0
+    dp_epsilon_total: float = 8.0
+
+    def __post_init__(self):
+        checks = {"rank": self.rank >= 1, "steps": self.steps >= 1, "l2": self.l2 >= 0, "lr": self.lr > 0,
+                  "max_patch_bytes": self.max_patch_bytes > 0, "min_examples": self.min_examples >= 2,
+                  "min_corrections": self.min_corrections >= 0, "gate_folds": self.gate_folds >= 2,
+                  "max_examples": self.max_examples >= self.min_examples,
+                  "upload": self.upload in UPLOAD_POLICIES, "dp_epsilon": 0 < self.dp_epsilon <= 100,
+                  "dp_delta": 0 < self.dp_delta < 1, "dp_clip_norm": self.dp_clip_norm > 0,
+                  "dp_epsilon_total": self.dp_epsilon_total >= self.dp_epsilon}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"personalization field '{bad[0]}' has an invalid value "
+                             f"{getattr(self, bad[0])!r}" + (f" (one of {UPLOAD_POLICIES})" if bad[0] == "upload" else ""))
+
+
+def example_from_event(event: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(message_id, redacted text, true label) of a feedback event, or None when it teaches nothing:
+    no text (the device forgot it) or a rejection without a corrected label."""
+    text = event.get("text")
+    if not text:
+        return None
+    if event.get("corrected_label"):
+        return event["message_id"], text, event["corrected_label"]
+    if event.get("accepted"):
+        return event["message_id"], text, event["predicted"]
+    return None
+
+
+def fold_of(message_id: str, folds: int) -> int:
+    """The gate fold of an example: fixed by its message id, so the split never moves."""
+    return int(message_id[:8], 16) % folds
+
+
+@dataclass(frozen=True)
+class GateResult:
+    kept: bool
+    reason: str
+    heldout: int
+    base_correct: int
+    patched_correct: int
+
+    @property
+    def base_accuracy(self) -> float | None:
+        return round(self.base_correct / self.heldout, 4) if self.heldout else None
+
+    @property
+    def patched_accuracy(self) -> float | None:
+        return round(self.patched_correct / self.heldout, 4) if self.heldout else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "base_accuracy": self.base_accuracy, "patched_accuracy": self.patched_accuracy}
+
+
+def gate_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, mids: list[str],
+               cfg: PersonalConfig) -> GateResult:
+    """Cross-validated check on the device's own examples: does a patch lower its accuracy?"""
+    n = len(y)
+    corrections = int((np.asarray(logits).argmax(axis=1) != y).sum())
+    if n < cfg.min_examples:
+        return GateResult(False, f"{n} examples, fewer than min_examples={cfg.min_examples}", 0, 0, 0)
+    if corrections < cfg.min_corrections:
+        return GateResult(False, f"the base model gets all but {corrections} examples right "
+                                 f"(min_corrections={cfg.min_corrections})", 0, 0, 0)
+    fold = np.array([fold_of(m, cfg.gate_folds) for m in mids])
+    base_ok = patched_ok = held = 0
+    for f in range(cfg.gate_folds):
+        test, train = fold == f, fold != f
+        if not test.any() or train.sum() < 2:
+            continue
+        patch = fit_patch(logits[train], feats[train], y[train], rank=cfg.rank, l2=cfg.l2,
+                          steps=cfg.steps, lr=cfg.lr)
+        held += int(test.sum())
+        base_ok += int((logits[test].argmax(axis=1) == y[test]).sum())
+        patched_ok += int((patch.apply(logits[test], feats[test]).argmax(axis=1) == y[test]).sum())
+    if patched_ok < base_ok:
+        return GateResult(False, f"patch lowers held-out accuracy ({patched_ok}/{held} vs {base_ok}/{held})",
+                          held, base_ok, patched_ok)
+    return GateResult(True, f"held-out accuracy {patched_ok}/{held} with the patch, {base_ok}/{held} without",
+                      held, base_ok, patched_ok)
+
+
+class Personalizer:
+    """The personalization state of one device home."""
+
+    def __init__(self, home: str | Path, cfg: PersonalConfig | None = None):
+        self.cfg = cfg or PersonalConfig()
+        self.folder = Path(home) / PERSONAL_DIR
+        self._lock = threading.Lock()
+        self.patch: Patch | None = None
+
+    @property
+    def patch_path(self) -> Path:
+        return self.folder / "patch.npz"
+
+    # ---- examples ------------------------------------------------------------------------------
+    def record(self, event: dict[str, Any]) -> bool:
+        """Store the example a feedback event teaches, if any; True when stored."""
+        ex = example_from_event(event)
+        if ex is None:
+            return False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"message_id": ex[0], "text": ex[1], "label": ex[2]}, ensure_ascii=False)
+        with self._lock, open(self.folder / "examples.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        return True
+
+    def examples(self, labels: list[str]) -> tuple[list[str], list[str], np.ndarray]:
+        """(message ids, texts, label indices): the latest label per message, newest ``max_examples``,
+        labels the model does not know left out."""
+        path = self.folder / "examples.jsonl"
+        latest: dict[str, tuple[str, str]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                    latest.pop(row["message_id"], None)  # re-insert: dict order is recency
+                    latest[row["message_id"]] = (row["text"], row["label"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+        index = {label: i for i, label in enumerate(labels)}
+        rows = [(m, t, index[lab]) for m, (t, lab) in latest.items() if lab in index][-self.cfg.max_examples:]
+        return [r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=np.int64)
+
+    # ---- the patch -----------------------------------------------------------------------------
+    def refresh(self, predictor, *, model_version: str | None, fingerprint: str) -> dict[str, Any]:
+        """Load the patch for this base model, or refit it from the stored examples (and gate it)."""
+        if not self.cfg.enabled:
+            self.patch = None
+            return self._write_status({"active": False, "reason": "personalization disabled"})
+        why = "no patch yet"
+        try:
+            self.patch = load_patch(self.patch_path, fingerprint=fingerprint, labels=predictor.labels,
+                                    max_bytes=self.cfg.max_patch_bytes)
+            return self.status()
+        except FileNotFoundError:
+            pass
+        except PatchError as exc:  # IncompatiblePatch included: fitted on another base model
+            self.patch = None
+            self.patch_path.unlink(missing_ok=True)
+            why = f"refit: {exc}"
+        return self.fit(predictor, model_version=model_version, fingerprint=fingerprint, why=why)
+
+    def fit(self, predictor, *, model_version: str | None, fingerprint: str, why: str = "asked") -> dict[str, Any]:
+        """Fit a patch on every stored example, keep it if the gate passes; return the decision."""
+        mids, texts, y = self.examples(predictor.labels)
+        logits, feats, kind = base_outputs(predictor, texts)
+        est = estimate_bytes(feats.shape[1] if len(texts) else len(predictor.labels), len(predictor.labels), self.cfg.rank)
+        if est > self.cfg.max_patch_bytes:
+            raise PatchError(f"a rank-{self.cfg.rank} patch would take about {est} bytes, above "
+                             f"max_patch_bytes={self.cfg.max_patch_bytes}: lower personalization rank")
+        gate = gate_patch(logits, feats, y, mids, self.cfg)
+        decision: dict[str, Any] = {"why_fitted": why, "gate": gate.to_dict(), "features": kind,
+                                    "model_version": model_version, "examples": len(y)}
+        if not gate.kept:
+            self.patch = None
+            self.patch_path.unlink(missing_ok=True)
+            return self._write_status({"active": False, "reason": gate.reason, **decision})
+        patch = fit_patch(logits, feats, y, rank=self.cfg.rank, l2=self.cfg.l2, steps=self.cfg.steps, lr=self.cfg.lr)
+        patch.meta.update(base_fingerprint=fingerprint, model_version=model_version, features=kind,
+                          labels_sha256=labels_sha256(predictor.labels),
+                          fitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          gate=gate.to_dict(), changes=changes(patch, logits, feats, predictor.labels))
+        save_patch(patch, self.patch_path, self.cfg.max_patch_bytes)
+        self.patch = patch
+        return self._write_status(self.status() | {"why_fitted": why})
+
+    def apply(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """Patched logits when a patch is active, else ``logits`` unchanged."""
+        patch = self.patch
+        return logits if patch is None else patch.apply(logits, feats)
+
+    def predict(self, predictor, texts: list[str]) -> list[dict[str, Any]]:
+        """Label and confidence for each redacted text, with the base model's label beside it."""
+        logits, feats, _ = base_outputs(predictor, texts)
+        base = logits.argmax(axis=1)
+        probs = softmax(self.apply(logits, feats))
+        return [{"label": predictor.labels[i], "confidence": float(p[i]), "patched": self.patch is not None,
+                 "base_label": predictor.labels[j]} for p, i, j in zip(probs, probs.argmax(axis=1), base)]
+
+    def reset(self) -> None:
+        """Drop the patch (the stored examples stay; ``forget`` drops them too)."""
+        self.patch = None
+        self.patch_path.unlink(missing_ok=True)
+        self._write_status({"active": False, "reason": "reset"})
+
+    def forget(self) -> None:
+        """Drop the patch and every stored example."""
+        self.reset()
+        (self.folder / "examples.jsonl").unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        """Whether a patch is active and what it changed (no texts)."""
+        p = self.patch
+        if p is None:
+            path = self.folder / "status.json"
+            last = json.loads(path.read_text()) if path.is_file() else {}
+            return {"active": False, "upload_policy": self.cfg.upload, **{k: v for k, v in last.items() if k != "active"}}
+        return {"active": True, "upload_policy": self.cfg.upload, "bytes": p.nbytes,
+                **{k: p.meta.get(k) for k in ("model_version", "features", "rank", "n_examples", "fit_ms",
+                                             "fitted_at", "gate", "changes")}}
+
+    def _write_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "status.json").write_text(json.dumps(status, indent=2, sort_keys=True))
+        return {**status, "upload_policy": self.cfg.upload}
+
+
+def record_all(personalizer: Personalizer, events: Iterable[dict[str, Any]]) -> int:
+    """Store the examples of many feedback events (e.g. a device's existing feedback files)."""
+    return sum(personalizer.record(e) for e in events)
