@@ -36,7 +36,7 @@ _CHUNK = 1 << 16
 
 class UpdateRefused(BundleVerificationError):
     """TUF refused the repository's metadata or a target. ``kind`` names the failed check:
-    ``rollback``, ``freeze``, ``signature``, ``mix-and-match`` or ``tampered``."""
+    ``rollback``, ``freeze``, ``signature``, ``mix-and-match``, ``tampered`` or ``invalid``."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(f"{kind}: {message}")
@@ -176,10 +176,10 @@ class TufUpdater:
         # ngclient refreshes once per instance: a fresh Updater each time, anchored on the pinned
         # root; the root versions it learnt since enrolment are replayed from its cache.
         self._recorder = self._fetcher()
-        updater = Updater(str(metadata), self.base_url + "metadata/", None, self.base_url + "targets/",
-                          fetcher=self._recorder, config=UpdaterConfig(app_user_agent="edgeloop-edge"),
-                          bootstrap=(self.state_dir / ENROLLED_ROOT).read_bytes())
         try:
+            updater = Updater(str(metadata), self.base_url + "metadata/", None, self.base_url + "targets/",
+                              fetcher=self._recorder, config=UpdaterConfig(app_user_agent="edgeloop-edge"),
+                              bootstrap=(self.state_dir / ENROLLED_ROOT).read_bytes())
             updater.refresh()
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             raise _refusal(exc, self._what("repository metadata")) from exc

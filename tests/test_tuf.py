@@ -176,15 +176,31 @@ def test_sync_over_http(tmp_path, repo, bundles, monkeypatch):
 
 
 # ---- one test per attack ----------------------------------------------------------------------------
-def test_downgrade_to_older_signed_metadata_is_refused(tmp_path, repo):
+@pytest.mark.parametrize("replay", ["whole-repository", "snapshot-via-timestamp-key"])
+def test_downgrade_to_older_signed_metadata_is_refused(tmp_path, repo, replay):
+    from tuf.api.metadata import MetaFile
+
     old_state = tmp_path / "served-while-stable-was-v1"
     shutil.copytree(repo.metadata_dir, old_state)  # validly signed, not expired
     repo.set_channel(STABLE, "v2", "better model")
     updater, models = _device(tmp_path, repo)
     updater.sync(STABLE, models)
-    shutil.rmtree(repo.metadata_dir)
-    shutil.copytree(old_state, repo.metadata_dir)  # a mirror replays the older repository
-    err = _refused(updater, models, "rollback", "timestamp version")
+    if replay == "whole-repository":  # a mirror replays the older repository
+        shutil.rmtree(repo.metadata_dir)
+        shutil.copytree(old_state, repo.metadata_dir)
+        match = "timestamp version"
+    else:  # the online timestamp key is stolen: a new timestamp names the older snapshot
+        older = repo.versions()["snapshot"] - 1
+        md = repo.load("timestamp")
+        md.signed.version += 1
+        md.signed.snapshot_meta = MetaFile.from_data(
+            older, (repo.metadata_dir / f"{older}.snapshot.json").read_bytes(), ["sha256"])
+        md.signatures.clear()
+        for signer in _key_signers(repo, "timestamp"):
+            md.sign(signer, append=True)
+        (repo.metadata_dir / "timestamp.json").write_bytes(md.to_bytes())
+        match = "snapshot version must be >="
+    err = _refused(updater, models, "rollback", match)
     assert "never go down" in str(err)
     assert sorted(p.name for p in models.iterdir()) == ["v2"]
 
