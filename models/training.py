@@ -105,8 +105,8 @@ def batched_logits(model: torch.nn.Module, tokenizer, texts: list[str], max_leng
     batches = length_buckets(lengths, batch_size, shuffle=False)
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for idx in progress(batches, len(batches), desc):
-        enc = tokenize(tokenizer, [texts[i] for i in idx], max_length)
-        out[idx] = model(**enc).logits.float().numpy()
+        enc = {k: v.to(model.device) for k, v in tokenize(tokenizer, [texts[i] for i in idx], max_length).items()}
+        out[idx] = model(**enc).logits.float().cpu().numpy()  # a GPU (e.g. bitsandbytes) teacher too
     return out
 
 
