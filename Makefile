@@ -5,17 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.edgeloop-installed
 export EDGELOOP_HOME ?= $(CURDIR)/var
 
-.PHONY: setup nightly bootstrap night test test-fast bench clean help
+.PHONY: setup nightly bootstrap night test test-fast bench device-check clean help
 
 help:
 	@echo "make nightly   set up, bootstrap the teacher if needed, run one night on the bundled data"
 	@echo "make test      set up and run the test suite"
 	@echo "make bench     run the benchmark suite (benchmarks/README.md)"
+	@echo "make device-check  install only edgeloop-edge in a fresh venv, answer one message, print its size"
 
 setup: $(STAMP)
 
 # torch first, from its pinned CPU wheel: any other torch spec pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml requirements/base.txt requirements/constraints.txt
+$(STAMP): pyproject.toml requirements/base.txt requirements/train.txt requirements/bnb.txt requirements/dask.txt requirements/test.txt requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
@@ -40,6 +41,11 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m benchmarks.run
 
+# The device-only install (packaging/edgeloop-edge): a fresh venv outside .venv with only the
+# edgeloop-edge wheel and requirements/device.txt; fails above 150 MB (DEVICE_MAX_MB).
+device-check: setup
+	$(BIN)/python packaging/edgeloop-edge/device_check.py --python $(PYTHON)
+
 clean:
 	rm -rf var .pytest_cache
 
@@ -53,3 +59,8 @@ down:
 
 status:
 	scripts/status.sh
+
+# Personalization benchmark (benchmarks/README.md): simulated devices, each with its own patch.
+.PHONY: bench-personal
+bench-personal: setup
+	$(BIN)/python -m benchmarks.bench_personal
