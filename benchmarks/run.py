@@ -129,16 +129,16 @@ def measure_models(settings, night: str, quick: bool) -> dict:
     from data_contracts.datasets import load_split
     from edge.predictor import OnnxPredictor
     from edge.redact import redact
-    from models import pipeline
-    from models.evaluate import dir_size_mb
+    from models.evaluate import dir_size_mb, golden_texts
     from models.quantize import write_edge_folder
     from models.teacher import LocalTeacher
+    from models.teacher_store import resolve_teacher
 
     from benchmarks import measure
 
     split = load_split(settings.dataset)
-    texts, y = pipeline.golden_texts(split)
-    ref = pipeline.resolve_teacher(settings)
+    texts, y = golden_texts(split)
+    ref = resolve_teacher(settings.tracking_uri(), settings.teacher, settings.home_path() / "cache")
     teacher = LocalTeacher(ref.folder, settings.teacher.max_length, settings.teacher.relabel_batch_size)
     cand = settings.home_path() / "work" / night / "candidate"
     student = OnnxPredictor(cand / "edge")

@@ -114,6 +114,8 @@ class StudentConfig(_Section):
     augment_max_rows: int = Field(4000, ge=0, description="At most this many augmented texts a night "
                                   "(the teacher labels each one).")
     quantize: Literal["onnx-int8", "onnx-fp32"] = "onnx-int8"
+    seed: int = Field(13, description="Seed of the student's training: batch order, dropout, augmentation.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the steps that warm the learning rate up.")
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> "StudentConfig":
@@ -137,6 +139,22 @@ class GateConfig(_Section):
     # headroom for a noisy box. Students measured: 0.7-1.0 MB, p95 0.16-0.25 ms.
     max_bundle_mb: float = Field(2.0, gt=0, description="Bundle budget (MB): 50x below the teacher.")
     max_p95_ms: float = Field(2.0, gt=0, description="Batch-1 p95 budget (ms, tokenization included).")
+    # Behaviour checks (models/behaviour.py) on the candidate as shipped; 0 disables a check.
+    min_invariance: float = Field(0.9, ge=0, le=1, description="Share of golden texts whose intent stays "
+                                  "when their numbers, amounts or a person's name are replaced.")
+    min_functionality: float = Field(0.9, ge=0, le=1, description="Mean per-intent share of clear templated "
+                                     "cases (built from each intent's shortest golden texts) predicted right.")
+    min_directional: float = Field(0.8, ge=0, le=1, description="Share of cases where adding a clear text "
+                                   "of an intent moves the probability toward that intent.")
+
+
+class EvalConfig(_Section):
+    """How the night measures its models: latency runs, the smoke test, the behaviour checks."""
+
+    latency_runs: int = Field(200, ge=0, description="Timed batch-1 predictions per student (p50/p95).")
+    teacher_latency_runs: int = Field(50, ge=0, description="Timed batch-1 predictions of the teacher.")
+    smoke_queries: int = Field(30, gt=0, description="Golden texts the fresh-process bundle check asks.")
+    behaviour_texts: int = Field(200, gt=0, description="Golden texts the behaviour checks perturb.")
 
 
 class ContractsConfig(_Section):
@@ -184,6 +202,7 @@ class Settings(BaseSettings):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
     contracts: ContractsConfig = Field(default_factory=ContractsConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)

@@ -6,11 +6,14 @@ from datetime import datetime, timezone
 
 from prefect import flow
 
+from data_contracts.lake import Lake
 from edgeloop.config import settings_from_json
 from flows.guard import exclusive_night, mark_completed
 from flows.relabel import relabel_all
+from models.stores import StudentStore
 from tasks import night as t
-from tasks import registry as rollout
+from tasks import rollout
+from tasks.common import load_data
 
 
 class NightStopped(RuntimeError):
@@ -49,25 +52,28 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
 
 def _night(settings, night: str, input_file: str | None) -> dict:
     """The night's steps, run under :func:`nightly`'s guard."""
-    run_id = t.start_night_run(settings, night, "nightly")
+    lake, store = Lake(settings.lake_root()), StudentStore.from_settings(settings)  # one each per night
+    data = load_data(settings)
+    run_id = t.start_night_run(settings, data, night, "nightly")
+    by = f"nightly:{run_id}"
     try:
-        t.ingest_feedback(settings, night, run_id)  # device feedback: corrections become gold
-        rollout.settle_canary(settings, by=f"nightly:{run_id}")  # canary → stable, or rolled back
-        report = t.ingest(settings, night, input_file, run_id)
+        t.ingest_feedback(settings, lake, store, data, night, run_id)  # device feedback: corrections become gold
+        rollout.settle_canary(store, settings.bundle, lake, by=by)  # canary → stable, or rolled back
+        report = t.ingest(settings, lake, data, night, input_file, run_id)
         if report["batch_failures"]:
             raise NightStopped("; ".join(report["batch_failures"]))
         ref = t.resolve_teacher(settings)
-        shards = t.plan_relabel(settings, ref)
-        labeled = relabel_all(settings, ref, shards)
-        label_contract = t.check_labels(settings, ref, night, run_id)
-        candidate = t.train_student(settings, ref, night, run_id)
-        evaluation = t.evaluate(settings, ref, candidate, run_id)
+        shards = t.plan_relabel(settings.teacher, lake, ref)
+        labeled = relabel_all(settings, lake, ref, shards)
+        label_contract = t.check_labels(settings, lake, data, ref, night, run_id)
+        candidate = t.train_student(settings, lake, store, data, ref, night, run_id)
+        evaluation = t.evaluate(settings, lake, store, data, ref, candidate, run_id)
         decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
-        meta = t.lineage(settings, ref, night, run_id, evaluation)
-        version = t.register(settings, evaluation, candidate, decision, meta)
-        published = t.promote(settings, version, candidate, meta, why=f"gate passed, night {night}",
-                              by=f"nightly:{run_id}") if decision.passed else None
-        summary = t.summarize(settings, night, run_id, report, labeled, candidate, evaluation,
+        meta = t.lineage(settings, data, ref, night, run_id, evaluation)
+        version = t.register(store, evaluation, candidate, decision, meta)
+        published = rollout.promote(store, version, f"gate passed, night {night}", by,
+                                    edge_dir=f"{candidate['folder']}/edge") if decision.passed else None
+        summary = t.summarize(store, night, run_id, report, labeled, candidate, evaluation,
                               decision, version, published)
         t.finish(settings, run_id, summary)
         return summary

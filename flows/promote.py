@@ -1,4 +1,4 @@
-"""Promotion by hand and rollback: thin flows over ``tasks/registry.py``.
+"""Promotion by hand and rollback: thin flows over ``tasks/rollout.py``.
 
 Both reconcile the channels first (finishing any move a crash interrupted), then act in the
 order documented in :mod:`models.rollout`: bundle → tags → alias → channels.
@@ -11,7 +11,8 @@ import getpass
 from prefect import flow
 
 from edgeloop.config import settings_from_json
-from tasks import registry as r
+from models.stores import StudentStore
+from tasks import rollout
 
 
 def _user(by: str | None) -> str:
@@ -30,9 +31,9 @@ def promote(version: str, reason: str, by: str | None = None, override_failed_ga
         override_failed_gate: needed, with a reason, for a version whose gate failed.
         config: settings overrides.
     """
-    settings = settings_from_json(config)
-    r.reconcile(settings, by=_user(by))
-    return r.promote_version(settings, version, reason, _user(by), override_failed_gate)
+    store = StudentStore.from_settings(settings_from_json(config))
+    rollout.reconcile(store, by=_user(by))
+    return rollout.promote(store, version, reason, _user(by), override_failed_gate)
 
 
 @flow(name="rollback", log_prints=True)
@@ -44,6 +45,6 @@ def rollback(reason: str, by: str | None = None, config: dict | None = None) -> 
         by: who (default: the current user).
         config: settings overrides.
     """
-    settings = settings_from_json(config)
-    r.reconcile(settings, by=_user(by))
-    return r.rollback(settings, reason, _user(by))
+    store = StudentStore.from_settings(settings_from_json(config))
+    rollout.reconcile(store, by=_user(by))
+    return rollout.rollback(store, reason, _user(by))

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from prefect import flow, unmapped
 
+from data_contracts.lake import Lake
 from edgeloop.config import Settings
 from edgeloop.runtime import task_runner
-from models.pipeline import TeacherRef
+from models.teacher_store import TeacherRef
 from tasks import night as t
 
 
 @flow(name="relabel", log_prints=True)
 def relabel(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
     """Label every shard with the teacher (one task per shard); returns each shard's contract accounting."""
-    return t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+    lake = Lake(settings.lake_root())  # this flow's own: its parameters travel as JSON
+    return t.relabel_shard.map(cfg=unmapped(settings.teacher), lake=unmapped(lake), ref=unmapped(ref),
+                               ids=shards).result()
 
 
-def relabel_all(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
+def relabel_all(settings: Settings, lake: Lake, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
     """Run the shards on the night's own runner (``runner: thread``) or in a Dask subflow (``runner: dask``)."""
     # transformers resolves its names lazily and that is not thread-safe: two shards importing it
     # at once can fail with "cannot import name AutoModelForSequenceClassification" (seen on the worker).
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
 
     if settings.runner == "thread" or not shards:
-        return t.relabel_shard.map(settings=unmapped(settings), ref=unmapped(ref), ids=shards).result()
+        return t.relabel_shard.map(cfg=unmapped(settings.teacher), lake=unmapped(lake), ref=unmapped(ref),
+                                   ids=shards).result()
     return relabel.with_options(task_runner=task_runner(settings))(settings=settings, ref=ref, shards=shards)

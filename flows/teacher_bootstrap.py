@@ -6,6 +6,7 @@ from prefect import flow
 
 from edgeloop.config import settings_from_json
 from tasks import teacher as t
+from tasks.common import load_data
 
 
 @flow(name="teacher-bootstrap", log_prints=True)
@@ -17,5 +18,5 @@ def teacher_bootstrap(config: dict | None = None, promote: bool = True) -> dict:
         promote: point the ``production`` alias at the new version.
     """
     settings = settings_from_json(config)
-    trained = t.fine_tune(settings)
+    trained = t.fine_tune(settings, load_data(settings))
     return t.register_teacher(settings, trained, promote)

@@ -58,18 +58,18 @@ def teacher_outputs(model, tokenizer, texts: list[str], max_length: int, batch_s
     return probs, pooled
 
 
-def prepare_transfer(teacher, texts: list[str], probs: np.ndarray, gold: np.ndarray, cfg: StudentConfig,
-                     seed: int = 13) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
+def prepare_transfer(teacher, texts: list[str], probs: np.ndarray, gold: np.ndarray, cfg: StudentConfig
+                     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
     """The transfer set the student trains on: (texts, teacher probs, gold or -1, teacher vectors).
 
     Adds ``cfg.augment_copies`` teacher-labeled perturbed copies of the texts (see
-    :mod:`models.augment`). When the teacher is a local transformers model (it has ``model`` and
+    :mod:`models.augment`, seeded with ``cfg.seed``). When the teacher is a local transformers model (it has ``model`` and
     ``tokenizer``) and ``cfg.hidden_weight > 0``, also returns its mean-pooled sentence vectors for
     every text (one extra teacher pass); otherwise the vectors are None.
     """
     from models.augment import augment_texts
 
-    extra = augment_texts(texts, cfg.augment_copies, seed=seed, max_rows=cfg.augment_max_rows)
+    extra = augment_texts(texts, cfg.augment_copies, seed=cfg.seed, max_rows=cfg.augment_max_rows)
     local = hasattr(teacher, "model") and hasattr(teacher, "tokenizer") and cfg.hidden_weight > 0
     hidden = None
     if local:
@@ -87,9 +87,11 @@ def prepare_transfer(teacher, texts: list[str], probs: np.ndarray, gold: np.ndar
 
 
 def distill(model, tokenizer, texts: list[str], teacher_probs: np.ndarray, gold: np.ndarray,
-            cfg: StudentConfig, epochs: int | None = None, seed: int = 13, on_epoch=None,
+            cfg: StudentConfig, epochs: int | None = None, on_epoch=None,
             teacher_hidden: np.ndarray | None = None) -> list[dict]:
     """Train ``model`` in place on (texts, teacher soft labels, gold ids or -1); returns per-epoch logs.
+
+    Seeded with ``cfg.seed``; the learning rate warms up over ``cfg.warmup_ratio`` of the steps.
 
     With ``teacher_hidden`` (the teacher's mean-pooled sentence vectors, one row per text) and
     ``cfg.hidden_weight > 0``, the student's mean-pooled last layer also learns to point where the
@@ -102,6 +104,7 @@ def distill(model, tokenizer, texts: list[str], teacher_probs: np.ndarray, gold:
         raise ValueError(f"teacher_hidden has {len(teacher_hidden)} rows for {len(texts)} texts")
     if teacher_probs.shape[1] != model.config.num_labels:
         raise ValueError(f"teacher gives {teacher_probs.shape[1]} classes, the student has {model.config.num_labels}")
+    seed = cfg.seed
     set_seed(seed)
     epochs = epochs or cfg.epochs
     probs = torch.from_numpy(np.asarray(teacher_probs, dtype=np.float32))
@@ -114,7 +117,7 @@ def distill(model, tokenizer, texts: list[str], teacher_probs: np.ndarray, gold:
         proj = torch.nn.Linear(model.config.hidden_size, hid.shape[1])
         params += list(proj.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    scheduler = linear_warmup(optimizer, epochs * -(-len(texts) // cfg.batch_size), 0.1)
+    scheduler = linear_warmup(optimizer, epochs * -(-len(texts) // cfg.batch_size), cfg.warmup_ratio)
 
     def step(idx: list[int]):
         enc = tokenize(tokenizer, [texts[i] for i in idx], cfg.max_length)

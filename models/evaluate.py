@@ -132,3 +132,71 @@ def per_intent_table(results: dict[str, EvalResult]) -> list[dict]:
     labels = next(iter(results.values())).labels
     return [{"intent": lbl, **{f"{name}_f1": round(r.per_intent_f1.get(lbl, float("nan")), 4)
                                for name, r in results.items()}} for lbl in labels]
+
+
+# ---- the night's evaluation ----------------------------------------------------------------------
+def golden_texts(split) -> tuple[list[str], list[str]]:
+    """Golden texts of a :class:`~data_contracts.datasets.Split` as a device sees them (redacted),
+    with their gold labels."""
+    from edge.redact import redact
+
+    return [redact(t)[0] for t in split.golden["text"]], split.golden["label"].tolist()
+
+
+def smoke_queries(texts: list[str], n: int) -> list[str]:
+    """``n`` texts spread evenly over ``texts``: what the gate's fresh-process check asks."""
+    return texts[:: max(1, len(texts) // n)][:n]
+
+
+def teacher_stream_accuracy(split, teacher_labels) -> float | None:
+    """How often the teacher's labels (the lake's rows for its version) match the stream's hidden
+    gold labels (None when none of the stream is labeled yet)."""
+    from edge.feedback import message_id
+    from edge.redact import redact
+
+    hidden = {message_id(redact(t)[0]): y for t, y in zip(split.stream["text"], split.stream["label"])}
+    if teacher_labels.empty:
+        return None
+    known = teacher_labels[teacher_labels["message_id"].isin(hidden)]
+    return float((known["label"] == known["message_id"].map(hidden)).mean()) if len(known) else None
+
+
+def shipped_predictor(edge_dir: str | Path) -> Callable[[list[str]], np.ndarray]:
+    """``predict_proba`` of an edge folder as a device runs it: redaction first, then the model."""
+    from edge.predictor import OnnxPredictor
+    from edge.redact import redact
+
+    model = OnnxPredictor(edge_dir)
+    return lambda texts: model.predict_proba([redact(t)[0] for t in texts])
+
+
+def evaluate_night(golden: tuple[list[str], list[str]], teacher, teacher_folder: str | Path,
+                   candidate_edge: Path, champion_edge: Path | None, *, latency_runs: int = 200,
+                   teacher_latency_runs: int = 50, behaviour_texts: int = 200):
+    """Teacher (as loaded), candidate (as shipped) and champion (as shipped, when there is one) on
+    the golden set, and the candidate's behaviour checks (:mod:`models.behaviour`).
+
+    Returns (results by model, the behaviour report); the behaviour pass rates are also in the
+    candidate's ``extra`` as ``behaviour.<check>``, so they are logged with its metrics.
+    """
+    from edge.predictor import OnnxPredictor
+    from models.behaviour import run_checks
+
+    texts, y = golden
+    results = {"teacher": evaluate_model(teacher.predict_proba, teacher.labels, texts, y, folder=teacher_folder,
+                                         latency_runs=teacher_latency_runs)}
+    teacher_pred = [teacher.labels[i] for i in teacher.predict_proba(texts).argmax(1)]
+    for name, edge in (("candidate", candidate_edge), ("champion", champion_edge)):
+        if edge is not None:
+            model = OnnxPredictor(edge)
+            results[name] = evaluate_model(model.predict_proba, model.labels, texts, y, teacher_pred,
+                                           folder=edge, latency_runs=latency_runs)
+    labels = results["candidate"].labels
+    behaviour = run_checks(shipped_predictor(candidate_edge), labels, texts, y, max_texts=behaviour_texts)
+    results["candidate"].extra.update(behaviour.metrics())
+    return results, behaviour
+
+
+def behaviour_rates(result: EvalResult) -> dict[str, float]:
+    """The ``behaviour.<check>`` rates of ``result.extra`` by check name (what the gate reads)."""
+    return {k[len("behaviour."):]: v for k, v in result.extra.items() if k.startswith("behaviour.")}

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -20,13 +21,15 @@ CANDIDATE = "candidate"
 PREVIOUS_CHAMPION = "previous_champion"
 
 
+@lru_cache(maxsize=8)
 def client(tracking_uri: str):
-    """An MlflowClient for ``tracking_uri`` (also made the process default)."""
-    import mlflow
+    """The MlflowClient of ``tracking_uri`` (its registry too), one per URI and process.
+
+    It leaves the process-wide MLflow URI alone: code that uses mlflow's fluent API
+    (``mlflow.start_run``) sets that once, explicitly, with :func:`models.tracking.activate`.
+    """
     from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -79,7 +82,8 @@ def download_version(tracking_uri: str, name: str, version: str, dst: str | Path
     c = client(tracking_uri)
     source = c.get_model_version(name, version).source
     Path(dst).mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst),
+                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri))
 
 
 def set_version_tags(tracking_uri: str, name: str, version: str, tags: dict[str, object]) -> None:

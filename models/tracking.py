@@ -5,36 +5,74 @@ from __future__ import annotations
 import json
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop.config import Settings
 from models import registry
 from models.evaluate import EvalResult, confusion_png, per_intent_table
 
 
-def start_parent_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
-    """Create (not enter) the parent run of a flow; returns its id."""
-    c = registry.client(settings.tracking_uri())
-    exp = registry.ensure_experiment(settings.tracking_uri(), settings.mlflow.experiment, settings.artifact_root())
-    run = c.create_run(exp, run_name=run_name, tags=tags)
-    params = {k: str(v)[:500] for k, v in settings.to_flat_params().items()}
+@dataclass(frozen=True)
+class Experiment:
+    """Where a flow's runs go: the tracking server, the experiment, its artifact root."""
+
+    tracking_uri: str
+    name: str
+    artifact_root: str
+
+    @classmethod
+    def from_settings(cls, settings) -> "Experiment":
+        """From :class:`edgeloop.config.Settings` (its ``mlflow`` section and derived locations)."""
+        return cls(settings.tracking_uri(), settings.mlflow.experiment, settings.artifact_root())
+
+    def experiment_id(self) -> str:
+        return registry.ensure_experiment(self.tracking_uri, self.name, self.artifact_root)
+
+
+def activate(tracking_uri: str) -> None:
+    """Make ``tracking_uri`` the process's MLflow default for the fluent API (``mlflow.start_run``).
+
+    Called once at the start of a flow run (its first task); :func:`registry.client` never
+    changes it.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def _check_active(tracking_uri: str) -> None:
+    import mlflow
+
+    if mlflow.get_tracking_uri() != tracking_uri:
+        raise RuntimeError(f"MLflow's fluent API points at {mlflow.get_tracking_uri()}, not {tracking_uri}: "
+                           "call models.tracking.activate() at the start of the flow run")
+
+
+def start_parent_run(exp: Experiment, run_name: str, tags: dict[str, str], params: dict[str, object]) -> str:
+    """Create (not enter) the parent run of a flow, with ``params`` logged; returns its id."""
+    c = registry.client(exp.tracking_uri)
+    run = c.create_run(exp.experiment_id(), run_name=run_name, tags=tags)
     for k, v in params.items():
-        c.log_param(run.info.run_id, k, v)
+        c.log_param(run.info.run_id, k, str(v)[:500])
     return run.info.run_id
 
 
-def end_run(settings: Settings, run_id: str, status: str = "FINISHED") -> None:
-    registry.client(settings.tracking_uri()).set_terminated(run_id, status=status)
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    registry.client(tracking_uri).set_terminated(run_id, status=status)
 
 
 @contextmanager
-def step_run(settings: Settings, parent_run_id: str, name: str):
-    """Enter a run nested under ``parent_run_id`` (works from any thread or process)."""
+def step_run(exp: Experiment, parent_run_id: str, name: str):
+    """Enter a run nested under ``parent_run_id`` (works from any thread or process).
+
+    Needs :func:`activate` first: the step's metrics are logged with mlflow's fluent API.
+    """
     import mlflow
 
-    registry.client(settings.tracking_uri())
-    exp = registry.ensure_experiment(settings.tracking_uri(), settings.mlflow.experiment, settings.artifact_root())
-    with mlflow.start_run(experiment_id=exp, run_name=name, parent_run_id=parent_run_id, nested=True) as run:
+    _check_active(exp.tracking_uri)
+    with mlflow.start_run(experiment_id=exp.experiment_id(), run_name=name, parent_run_id=parent_run_id,
+                          nested=True) as run:
         yield run
 
 

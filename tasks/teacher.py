@@ -2,57 +2,59 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
-from data_contracts.datasets import load_split
 from edgeloop.config import Settings
-from models import pipeline, registry, tracking
+from models import registry, tracking
 from models.teacher import base_model_path
+from tasks.common import SplitRef, experiment, task
 
 
-@task(name="fine-tune-teacher", cache_policy=NO_CACHE)
-def fine_tune(settings: Settings) -> dict:
-    """Fine-tune on the seed and evaluate on golden, in an MLflow run; returns the run and metrics."""
+@task(name="fine-tune-teacher")
+def fine_tune(settings: Settings, data: SplitRef) -> dict:
+    """Fine-tune on the seed and evaluate on golden, in an MLflow run; returns the run and metrics.
+
+    The flow's first MLflow step: it points MLflow's fluent API at the configured server.
+    """
     import mlflow
 
-    split = load_split(settings.dataset)
+    from models.teacher_store import bootstrap_teacher
+
     out = settings.home_path() / "work" / "teacher"
     logger = get_run_logger()
-    registry.client(settings.tracking_uri())
-    exp = registry.ensure_experiment(settings.tracking_uri(), settings.mlflow.experiment, settings.artifact_root())
-    with mlflow.start_run(experiment_id=exp, run_name="teacher-bootstrap",
-                          tags={"edgeloop.flow": "teacher-bootstrap", "split_hash": split.split_hash}) as run:
+    tracking.activate(settings.tracking_uri())
+    with mlflow.start_run(experiment_id=experiment(settings).experiment_id(), run_name="teacher-bootstrap",
+                          tags={"edgeloop.flow": "teacher-bootstrap", "split_hash": data.split_hash}) as run:
         mlflow.log_params({f"teacher.{k}": v for k, v in settings.teacher.model_dump().items()})
-        mlflow.log_params({"dataset": settings.dataset.name, "split_hash": split.split_hash,
+        mlflow.log_params({"dataset": settings.dataset.name, "split_hash": data.split_hash,
                            "base_model": str(base_model_path(settings.teacher))})
 
         def on_epoch(e):
             logger.info("teacher %s", e.line(settings.teacher.epochs))
             mlflow.log_metric("loss", e.loss, step=e.epoch)
 
-        info, result = pipeline.bootstrap_teacher(settings, split, out, on_epoch=on_epoch)
+        info, result = bootstrap_teacher(settings.teacher, data.load(), out, seed=settings.dataset.split_seed,
+                                         latency_runs=settings.evaluation.teacher_latency_runs,
+                                         threads=settings.torch_threads, on_epoch=on_epoch)
         tracking.log_eval("golden.", result)
         tracking.log_eval_artifacts({"teacher": result})
         mlflow.log_artifacts(str(out / "model"), "model")
     logger.info("teacher golden accuracy %.4f, macro-F1 %.4f on %d rows", result.accuracy, result.macro_f1, result.n)
     return {"run_id": run.info.run_id, "accuracy": result.accuracy, "macro_f1": result.macro_f1,
-            "n_train": info["n_train"], "split_hash": split.split_hash}
+            "n_train": info["n_train"], "split_hash": data.split_hash}
 
 
-@task(name="register-teacher", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="register-teacher", retries=2, retry_delay_seconds=5)
 def register_teacher(settings: Settings, trained: dict, promote: bool) -> dict:
     """Register the run's model as a new teacher version; alias it ``production`` if asked."""
-    name = settings.teacher.registered_name
-    version = registry.register_version(settings.tracking_uri(), name, trained["run_id"], "model",
+    name, uri = settings.teacher.registered_name, settings.tracking_uri()
+    version = registry.register_version(uri, name, trained["run_id"], "model",
                                         tags={"golden.accuracy": trained["accuracy"],
                                               "golden.macro_f1": trained["macro_f1"],
                                               "split_hash": trained["split_hash"]})
     if promote:
-        registry.client(settings.tracking_uri()).set_registered_model_alias(name, settings.teacher.alias, version)
+        registry.client(uri).set_registered_model_alias(name, settings.teacher.alias, version)
     create_table_artifact(key="teacher", table=[{**trained, "version": version, "promoted": promote}])
     get_run_logger().info("registered %s v%s%s", name, version, f" as @{settings.teacher.alias}" if promote else "")
     return {**trained, "version": version, "name": name}

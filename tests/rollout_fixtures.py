@@ -68,3 +68,11 @@ def channels(settings: Settings) -> dict[str, str | None]:
     from models.bundle import read_channel
 
     return {ch: (read_channel(settings.bundles_root(), ch) or {}).get("model_version") for ch in ("canary", "stable")}
+
+
+@pytest.fixture()
+def store(settings):  # noqa: F811
+    """The student store of ``settings``: what rollout functions take."""
+    from models.stores import StudentStore
+
+    return StudentStore.from_settings(settings)

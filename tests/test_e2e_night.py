@@ -104,7 +104,7 @@ def test_champion_alias_and_gate_reasons_are_recorded(nights, config):
 def test_quantized_model_reloaded_from_the_registry_predicts_as_before(nights, config, tmp_path):
     from edge.predictor import OnnxPredictor
     from edgeloop.config import load_settings
-    from models.pipeline import golden_texts
+    from models.evaluate import golden_texts
     from models.registry import download_version
     from data_contracts.datasets import load_split
 

@@ -7,8 +7,8 @@ import shutil
 from data_contracts.ingest import ingest_feedback
 from data_contracts.lake import Lake
 from edge.device import Device
-from models import registry, rollout
-from rollout_fixtures import LABELS, NAME, aliases, channels, register, settings  # noqa: F401
+from models import canary, registry, rollout
+from rollout_fixtures import LABELS, NAME, aliases, channels, register, settings, store  # noqa: F401
 from edge_fixtures import edge_model_dirs, signing_keys  # noqa: F401
 
 CANARY_SHARE = 0.3
@@ -43,19 +43,19 @@ def _known(settings):  # noqa: F811
     return {f"v{v}" for v in registry.list_versions(settings.tracking_uri(), NAME)}
 
 
-def test_bad_canary_detected_from_feedback_and_fleet_converges_back(settings, edge_model_dirs, tmp_path):  # noqa: F811
+def test_bad_canary_detected_from_feedback_and_fleet_converges_back(settings, edge_model_dirs, tmp_path, store):  # noqa: F811
     good, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
-    rollout.promote_version(settings, good, "first champion", "alice")
-    rollout.promote_stable(settings, good, "first release", "alice")
+    rollout.promote(store, good, "first champion", "alice")
+    rollout.release(store, good, "first release", "alice")
     devices = [Device(f"dev-{i:04d}", tmp_path / "homes" / f"dev-{i:04d}", settings.bundles_root().as_uri(),
                       settings.public_key_path(), CANARY_SHARE) for i in range(20)]
-    canary = [d for d in devices if d.channel() == "canary"]
-    assert 2 <= len(canary) <= 12
+    canaries = [d for d in devices if d.channel() == "canary"]
+    assert 2 <= len(canaries) <= 12
     assert all(d.sync().ok for d in devices) and {d.current_version() for d in devices} == {f"v{good}"}
 
-    rollout.promote_version(settings, bad, "gate passed, night 2", "nightly:n2")  # the canary goes out
+    rollout.promote(store, bad, "gate passed, night 2", "nightly:n2")  # the canary goes out
     assert all(d.sync().ok for d in devices)
-    assert {d.current_version() for d in canary} == {f"v{bad}"}
+    assert {d.current_version() for d in canaries} == {f"v{bad}"}
     _use(devices, f"v{bad}", 1)
     inbox, processed, lake = settings.feedback_inbox(), settings.feedback_processed(), Lake(settings.home_path() / "lake")
     _upload(devices, inbox)
@@ -63,7 +63,7 @@ def test_bad_canary_detected_from_feedback_and_fleet_converges_back(settings, ed
     report = ingest_feedback(lake, inbox, processed, LABELS, _known(settings))
     assert report.events_in == 100 and report.events_accepted == 100 and report.events_added == 100
     assert not list(inbox.rglob("*.jsonl")) and len(list(processed.rglob("*.jsonl"))) == 20
-    out = rollout.settle_canary(settings, lake.feedback(), "nightly:n3")
+    out = canary.settle_canary(store, settings.bundle, lake.feedback(), "nightly:n3")
     assert out["action"] == "rollback", out["verdict"]
     assert aliases(settings)[0] == good and channels(settings) == {"canary": f"v{good}", "stable": f"v{good}"}
     assert registry.version_tags(settings.tracking_uri(), NAME, bad)["rollout.status"] == "rolled_back"
@@ -73,10 +73,10 @@ def test_bad_canary_detected_from_feedback_and_fleet_converges_back(settings, ed
     assert all(d.predict("refund please").model_version == f"v{good}" for d in devices)
 
 
-def test_feedback_corrections_become_gold_once(settings, edge_model_dirs, tmp_path):  # noqa: F811
+def test_feedback_corrections_become_gold_once(settings, edge_model_dirs, tmp_path, store):  # noqa: F811
     v1 = register(settings, edge_model_dirs["v1"])
-    rollout.promote_version(settings, v1, "first", "alice")
-    rollout.promote_stable(settings, v1, "first", "alice")
+    rollout.promote(store, v1, "first", "alice")
+    rollout.release(store, v1, "first", "alice")
     devices = [Device(f"dev-{i:04d}", tmp_path / f"dev-{i:04d}", settings.bundles_root().as_uri(),
                       settings.public_key_path(), 0.0) for i in range(3)]
     for d in devices:
@@ -115,9 +115,9 @@ def test_feedback_corrections_become_gold_once(settings, edge_model_dirs, tmp_pa
     assert len(lake.feedback()) == 3 and len(lake.corrections()) == 2
 
 
-def test_feedback_from_unknown_versions_is_quarantined(settings, edge_model_dirs, tmp_path):  # noqa: F811
+def test_feedback_from_unknown_versions_is_quarantined(settings, edge_model_dirs, tmp_path, store):  # noqa: F811
     v1 = register(settings, edge_model_dirs["v1"])
-    rollout.promote_version(settings, v1, "first", "alice")
+    rollout.promote(store, v1, "first", "alice")
     d = Device("dev-abcd1", tmp_path / "dev", settings.bundles_root().as_uri(), settings.public_key_path(), 1.0)
     d.sync()
     p = d.predict("where is my order")

@@ -45,7 +45,8 @@ def _labels_with(runner: str, home, teacher_folder) -> pd.DataFrame:
     from data_contracts.lake import Lake
     from edgeloop.config import load_settings
     from flows.relabel import relabel_all
-    from models.pipeline import TeacherRef, pending_shards
+    from models.relabel import pending_shards
+    from models.teacher_store import TeacherRef
     from prefect import flow
 
     settings = load_settings(overrides={"home": str(home), "runner": runner, "dask_workers": 2,
@@ -56,7 +57,7 @@ def _labels_with(runner: str, home, teacher_folder) -> pd.DataFrame:
 
     @flow(name="relabel-test")
     def relabel_test() -> list[dict]:
-        return relabel_all(settings, ref, pending_shards(lake, ref, settings.teacher.relabel_shards))
+        return relabel_all(settings, lake, ref, pending_shards(lake, ref, settings.teacher.relabel_shards))
 
     accounting = relabel_test()
     assert sum(a["rows_accepted"] for a in accounting) == len(TEXTS)

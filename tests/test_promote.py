@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from models import registry, rollout
-from rollout_fixtures import NAME, aliases, channels, register, settings  # noqa: F401
+from models import canary, registry, rollout
+from rollout_fixtures import NAME, aliases, channels, register, settings, store  # noqa: F401
 from edge_fixtures import edge_model_dirs, signing_keys  # noqa: F401
 
 
@@ -17,18 +17,18 @@ def _channel_bytes(settings):  # noqa: F811
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*"))} if folder.exists() else {}
 
 
-def test_failed_version_needs_override_and_reason(settings, edge_model_dirs):  # noqa: F811
+def test_failed_version_needs_override_and_reason(settings, edge_model_dirs, store):  # noqa: F811
     good, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
-    rollout.promote_version(settings, good, "first champion", "alice")
+    rollout.promote(store, good, "first champion", "alice")
     before = _channel_bytes(settings)
     with pytest.raises(rollout.PromotionRefused, match="did not pass the gate"):
-        rollout.promote_version(settings, bad, "looks fine to me", "bob")
+        rollout.promote(store, bad, "looks fine to me", "bob")
     with pytest.raises(rollout.PromotionRefused, match="needs a reason"):
-        rollout.promote_version(settings, bad, "  ", "bob", override_failed_gate=True)
+        rollout.promote(store, bad, "  ", "bob", override_failed_gate=True)
     assert _channel_bytes(settings) == before and aliases(settings) == (good, None)
     assert not (settings.bundles_root() / f"v{bad}").exists()
 
-    out = rollout.promote_version(settings, f"v{bad}", "accuracy floor too strict for this shop; reviewed",
+    out = rollout.promote(store, f"v{bad}", "accuracy floor too strict for this shop; reviewed",
                                   "bob", override_failed_gate=True)
     assert out["overridden"] and aliases(settings) == (bad, good) and channels(settings)["canary"] == f"v{bad}"
     tags = registry.version_tags(settings.tracking_uri(), NAME, bad)
@@ -37,15 +37,15 @@ def test_failed_version_needs_override_and_reason(settings, edge_model_dirs):  #
     assert entry["override_failed_gate"] is True and entry["gate_decision"] == "fail" and entry["by"] == "bob"
 
 
-def test_rollback_moves_aliases_and_republishes_rebuilt_bundles(settings, edge_model_dirs):  # noqa: F811
+def test_rollback_moves_aliases_and_republishes_rebuilt_bundles(settings, edge_model_dirs, store):  # noqa: F811
     v1, v2, v3 = (register(settings, edge_model_dirs[k]) for k in ("v1", "v2", "v3"))
     for v in (v1, v2, v3):
-        rollout.promote_version(settings, v, f"night {v}", "nightly")
-        rollout.promote_stable(settings, v, "healthy", "nightly")
+        rollout.promote(store, v, f"night {v}", "nightly")
+        rollout.release(store, v, "healthy", "nightly")
     assert aliases(settings) == (v3, v2) and channels(settings) == {"canary": "v3", "stable": "v3"}
     shutil.rmtree(settings.bundles_root() / f"v{v2}")  # e.g. a cleaned-up bundle store
 
-    out = rollout.rollback(settings, "complaints about refunds", "carol")
+    out = rollout.rollback(store, "complaints about refunds", "carol")
     assert aliases(settings) == (v2, v1)  # previous_champion: the champion before v2, not the bad v3
     assert channels(settings) == {"canary": f"v{v2}", "stable": f"v{v2}"}
     assert (settings.bundles_root() / f"v{v2}" / "manifest.json").is_file()
@@ -54,14 +54,14 @@ def test_rollback_moves_aliases_and_republishes_rebuilt_bundles(settings, edge_m
     assert tags["rollout.status"] == "rolled_back" and tags["rollout.reason"] == "complaints about refunds"
     entry = registry.read_history(settings.home_path(), NAME)[-1]
     assert (entry["action"], entry["from"], entry["to"], entry["by"]) == ("rollback", v3, v2, "carol")
-    rollout.rollback(settings, "v2 too", "carol")  # and once more: to v1
+    rollout.rollback(store, "v2 too", "carol")  # and once more: to v1
     assert aliases(settings) == (v1, None) and channels(settings)["stable"] == f"v{v1}"
 
 
-def test_crash_between_alias_and_channel_is_reconciled(settings, edge_model_dirs, monkeypatch):  # noqa: F811
+def test_crash_between_alias_and_channel_is_reconciled(settings, edge_model_dirs, monkeypatch, store):  # noqa: F811
     v1, v2 = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
-    rollout.promote_version(settings, v1, "first", "alice")
-    rollout.promote_stable(settings, v1, "first", "alice")
+    rollout.promote(store, v1, "first", "alice")
+    rollout.release(store, v1, "first", "alice")
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -69,7 +69,7 @@ def test_crash_between_alias_and_channel_is_reconciled(settings, edge_model_dirs
     # A crash while building the bundle: nothing moved at all.
     monkeypatch.setattr("models.bundle.build_bundle", boom)
     with pytest.raises(OSError):
-        rollout.promote_version(settings, v2, "night 2", "nightly")
+        rollout.promote(store, v2, "night 2", "nightly")
     assert aliases(settings) == (v1, None) and channels(settings) == {"canary": "v1", "stable": "v1"}
     monkeypatch.undo()
 
@@ -77,46 +77,50 @@ def test_crash_between_alias_and_channel_is_reconciled(settings, edge_model_dirs
     # (a version that was champion, never an unpromoted one) ...
     monkeypatch.setattr(rollout, "_publish", boom)
     with pytest.raises(OSError):
-        rollout.promote_version(settings, v2, "night 2", "nightly")
+        rollout.promote(store, v2, "night 2", "nightly")
     monkeypatch.undo()
     assert aliases(settings) == (v2, v1) and channels(settings) == {"canary": "v1", "stable": "v1"}
     # ... until the next night (or promote/rollback) reconciles: canary follows the champion.
-    moves = rollout.reconcile_channels(settings, "nightly:next")
+    moves = rollout.reconcile(store, "nightly:next")
     assert [m["channel"] for m in moves] == ["canary"] and channels(settings) == {"canary": "v2", "stable": "v1"}
-    assert rollout.reconcile_channels(settings, "again") == []
+    assert rollout.reconcile(store, "again") == []
 
     # A rollback that crashed before republishing: stable must not keep a rolled-back version.
-    rollout.promote_stable(settings, v2, "healthy", "nightly")
+    rollout.release(store, v2, "healthy", "nightly")
     monkeypatch.setattr(rollout, "_publish", boom)
     with pytest.raises(OSError):
-        rollout.rollback(settings, "bad", "carol")
+        rollout.rollback(store, "bad", "carol")
     monkeypatch.undo()
     assert aliases(settings)[0] == v1 and channels(settings) == {"canary": "v2", "stable": "v2"}
-    rollout.reconcile_channels(settings, "nightly:next")
+    rollout.reconcile(store, "nightly:next")
     assert channels(settings) == {"canary": "v1", "stable": "v1"}
 
 
-def test_failed_gate_publishes_nothing(settings, edge_model_dirs, tmp_path):  # noqa: F811
-    from models.pipeline import promote_and_publish
-
+def test_failed_gate_publishes_nothing(settings, edge_model_dirs, tmp_path, store, monkeypatch):  # noqa: F811
     good, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
-    rollout.promote_version(settings, good, "first", "alice")
-    rollout.promote_stable(settings, good, "first", "alice")
+    rollout.promote(store, good, "first", "alice")
+    rollout.release(store, good, "first", "alice")
     before, history = _channel_bytes(settings), registry.read_history(settings.home_path(), NAME)
     candidate = tmp_path / "candidate"
     shutil.copytree(edge_model_dirs["v2"], candidate / "edge")
     with pytest.raises(rollout.PromotionRefused):
-        promote_and_publish(settings, bad, candidate, {"metrics": {}}, why="gate failed?", by="nightly")
+        rollout.promote(store, bad, "gate failed?", "nightly", edge_dir=candidate / "edge")
     assert _channel_bytes(settings) == before and aliases(settings) == (good, None)
     assert registry.read_history(settings.home_path(), NAME) == history
     assert not (settings.bundles_root() / f"v{bad}").exists()
-    # The nightly's own path for a passing candidate: bundle from its folder → champion → canary.
+    # The nightly's own path for a passing candidate: bundle signed from its folder (no download),
+    # with the lineage its registration tagged → champion → canary.
     passed = register(settings, edge_model_dirs["v3"])
     shutil.rmtree(candidate / "edge")
     shutil.copytree(edge_model_dirs["v3"], candidate / "edge")
-    out = promote_and_publish(settings, passed, candidate, {"metrics": {"accuracy": 0.9}}, why="gate passed", by="nightly")
+    monkeypatch.setattr(registry, "download_version", lambda *a, **k: pytest.fail("the night's bundle was downloaded"))
+    out = rollout.promote(store, passed, "gate passed", "nightly", edge_dir=candidate / "edge")
     assert out["promotion"]["to"] == passed and aliases(settings) == (passed, good)
     assert channels(settings) == {"canary": f"v{passed}", "stable": f"v{good}"}
+    manifest = json.loads((settings.bundles_root() / f"v{passed}" / "manifest.json").read_text())
+    assert manifest["metrics"] == {"accuracy": 0.9} and manifest["data_hash"] == "abc"
+    assert (settings.bundles_root() / f"v{passed}" / "model.onnx").read_bytes() == \
+        (edge_model_dirs["v3"] / "model.onnx").read_bytes()
 
 
 def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, capsys):  # noqa: F811

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from edgeloop.config import BundleConfig
-from models import registry, rollout
-from rollout_fixtures import NAME, aliases, channels, register, settings  # noqa: F401
+from models import canary, registry, rollout
+from rollout_fixtures import NAME, aliases, channels, register, settings, store  # noqa: F401
 from edge_fixtures import edge_model_dirs, signing_keys  # noqa: F401
 
 CFG = BundleConfig(canary_min_events=10, canary_min_acceptance_margin=0.05)
@@ -22,16 +22,16 @@ def _feedback(*groups: list[dict]) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("canary_n,canary_ok,stable_n,stable_ok,action", [
-    (20, 18, 50, 45, "promote"),   # same rate
-    (20, 17, 50, 45, "promote"),   # 0.85 vs 0.90: exactly at the margin is still healthy
-    (20, 20, 50, 40, "promote"),   # better than stable
+    (20, 18, 50, 45, "release"),   # same rate
+    (20, 17, 50, 45, "release"),   # 0.85 vs 0.90: exactly at the margin is still healthy
+    (20, 20, 50, 40, "release"),   # better than stable
     (20, 10, 50, 45, "rollback"),  # 0.50 vs 0.90
     (9, 0, 50, 45, "wait"),        # too few canary events to judge
     (20, 0, 5, 5, "wait"),         # too few stable events to compare with
 ])
 def test_judge_canary(canary_n, canary_ok, stable_n, stable_ok, action):
     fb = _feedback(_events("v2", canary_n, canary_ok), _events("v1", stable_n, stable_ok), _events("v9", 30, 0))
-    verdict = rollout.judge_canary(fb, "v2", "v1", CFG)
+    verdict = canary.judge_canary(fb, "v2", "v1", CFG)
     assert verdict.action == action, verdict.reason
     assert (verdict.canary_events, verdict.stable_events) == (canary_n, stable_n)
     if action == "rollback":
@@ -41,10 +41,10 @@ def test_judge_canary(canary_n, canary_ok, stable_n, stable_ok, action):
 
 def test_judge_canary_edges():
     empty = _feedback()
-    assert rollout.judge_canary(empty, None, "v1", CFG).action == "none"
-    assert rollout.judge_canary(empty, "v1", "v1", CFG).action == "none"
-    first = rollout.judge_canary(empty, "v1", None, CFG)
-    assert first.action == "promote" and "no stable" in first.reason
+    assert canary.judge_canary(empty, None, "v1", CFG).action == "none"
+    assert canary.judge_canary(empty, "v1", "v1", CFG).action == "none"
+    first = canary.judge_canary(empty, "v1", None, CFG)
+    assert first.action == "release" and "no stable" in first.reason
 
 
 def test_version_names():
@@ -53,30 +53,30 @@ def test_version_names():
         rollout.registry_version("latest")
 
 
-def test_healthy_canary_becomes_stable(settings, edge_model_dirs):  # noqa: F811
+def test_healthy_canary_becomes_stable(settings, edge_model_dirs, store):  # noqa: F811
     v1, v2 = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
-    rollout.promote_version(settings, v1, "first", "alice")
-    assert rollout.settle_canary(settings, _feedback(), "night")["action"] == "promote"  # first release
-    rollout.promote_version(settings, v2, "gate passed", "nightly")
+    rollout.promote(store, v1, "first", "alice")
+    assert canary.settle_canary(store, settings.bundle, _feedback(), "night")["action"] == "release"  # first release
+    rollout.promote(store, v2, "gate passed", "nightly")
     assert channels(settings) == {"canary": "v2", "stable": "v1"}
     fb = _feedback(_events("v2", 12, 11), _events("v1", 40, 36))
-    out = rollout.settle_canary(settings, fb, "nightly:run1")
-    assert out["action"] == "promote"
+    out = canary.settle_canary(store, settings.bundle, fb, "nightly:run1")
+    assert out["action"] == "release"
     assert channels(settings) == {"canary": "v2", "stable": "v2"} and aliases(settings) == (v2, v1)
     last = registry.read_history(settings.home_path(), NAME)[-1]
     assert (last["action"], last["from"], last["to"], last["by"]) == ("stable", v1, v2, "nightly:run1")
     assert registry.version_tags(settings.tracking_uri(), NAME, v2)["rollout.status"] == "stable"
     # Nothing left to judge: the next night does nothing.
-    assert rollout.settle_canary(settings, fb, "nightly:run2")["action"] == "none"
+    assert canary.settle_canary(store, settings.bundle, fb, "nightly:run2")["action"] == "none"
 
 
-def test_bad_canary_is_rolled_back_with_its_reason(settings, edge_model_dirs):  # noqa: F811
+def test_bad_canary_is_rolled_back_with_its_reason(settings, edge_model_dirs, store):  # noqa: F811
     v1, v2 = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
-    rollout.promote_version(settings, v1, "first", "alice")
-    rollout.promote_stable(settings, v1, "first release", "alice")
-    rollout.promote_version(settings, v2, "gate passed", "nightly")
+    rollout.promote(store, v1, "first", "alice")
+    rollout.release(store, v1, "first release", "alice")
+    rollout.promote(store, v2, "gate passed", "nightly")
     fb = _feedback(_events("v2", 12, 3), _events("v1", 40, 36))
-    out = rollout.settle_canary(settings, fb, "nightly:run7")
+    out = canary.settle_canary(store, settings.bundle, fb, "nightly:run7")
     assert out["action"] == "rollback"
     assert channels(settings) == {"canary": "v1", "stable": "v1"}
     champion, previous = aliases(settings)
@@ -87,4 +87,4 @@ def test_bad_canary_is_rolled_back_with_its_reason(settings, edge_model_dirs):  
     assert (last["action"], last["from"], last["to"]) == ("rollback", v2, v1)
     assert "canary unhealthy" in last["why"] and last["by"] == "nightly:run7"
     with pytest.raises(rollout.PromotionRefused, match="nothing to roll back"):
-        rollout.rollback(settings, "again", "bob")
+        rollout.rollback(store, "again", "bob")

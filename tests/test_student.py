@@ -64,7 +64,7 @@ def test_pruned_vocab_never_turns_unseen_golden_words_into_unk():
 
     from data_contracts.datasets import load_split
     from edgeloop.config import DatasetConfig
-    from models.pipeline import golden_texts
+    from models.evaluate import golden_texts
     from models.student import prune_vocab
     from models.teacher import base_model_path
     from edgeloop.config import TeacherConfig
