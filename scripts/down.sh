@@ -26,3 +26,4 @@ stop() {  # stop NAME: INT then TERM the process group (what Ctrl-C would do), K
 stop worker
 stop mlflow
 stop prefect-server
+stop alerts  # last: alerts the server sends while stopping still arrive

@@ -6,11 +6,14 @@ export EDGELOOP_REPO="$REPO"
 export EDGELOOP_TZ="${EDGELOOP_TZ:-UTC}"
 PREFECT_PORT="${PREFECT_PORT:-4200}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+ALERTS_PORT="${ALERTS_PORT:-4290}"  # the local alert receiver (scripts/alert_sink.py)
 POOL="${EDGELOOP_POOL:-edgeloop-local}"
 BIN="${EDGELOOP_BIN:-$REPO/.venv/bin}"
 RUN="$EDGELOOP_HOME/run"
 PREFECT_URL="http://127.0.0.1:$PREFECT_PORT/api"
 MLFLOW_URL="http://127.0.0.1:$MLFLOW_PORT"
+ALERTS_URL="http://127.0.0.1:$ALERTS_PORT"
+ALERTS_LOG="$EDGELOOP_HOME/alerts/alerts.jsonl"
 # Offline box: no telemetry, no hub; library loggers reach the run logs (edgeloop/runtime.py OFFLINE_ENV).
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false \

@@ -2,7 +2,10 @@
 # Start the local production stack, bound to 127.0.0.1:
 #   Prefect server ($PREFECT_PORT, default 4200), MLflow tracking server ($MLFLOW_PORT, default 5000),
 #   work pool edgeloop-local + one process worker, the edgeloop-night concurrency limit, and the
-#   deployments of prefect.yaml. PIDs and logs under $EDGELOOP_HOME/run/. Stop with scripts/down.sh.
+#   deployments of prefect.yaml, and the alerts: Prefect automations that POST to a webhook when a
+#   night fails or its gate fails (tasks/alerts.py); the webhook is $EDGELOOP_ALERT_WEBHOOK_URL, or
+#   else a local receiver ($ALERTS_PORT, default 4290) that appends to $EDGELOOP_HOME/alerts/alerts.jsonl.
+#   PIDs and logs under $EDGELOOP_HOME/run/. Stop with scripts/down.sh.
 # Parts already running are left alone, so `make up` twice is harmless (and re-deploys).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -18,7 +21,8 @@ start() {  # start NAME CMD...: detached in its own session (process group), pid
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for pair in "prefect-server:$PREFECT_PORT" "mlflow:$MLFLOW_PORT"; do
+LOCAL_ALERTS=$([[ -z "${EDGELOOP_ALERT_WEBHOOK_URL:-}" ]] && echo 1 || true)
+for pair in "prefect-server:$PREFECT_PORT" "mlflow:$MLFLOW_PORT" ${LOCAL_ALERTS:+"alerts:$ALERTS_PORT"}; do
   name="${pair%%:*}" port="${pair##*:}"
   if ! alive "$name" && ! port_free "$port"; then
     echo "up: port $port is taken by a process that $0 did not start; set ${name^^}_PORT (e.g. PREFECT_PORT / MLFLOW_PORT)" >&2
@@ -30,6 +34,9 @@ t0=$SECONDS
 start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
 start mlflow "$BIN/mlflow" server --backend-store-uri "sqlite:///$EDGELOOP_HOME/mlflow.db" \
   --artifacts-destination "$EDGELOOP_HOME/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+if [[ -n "$LOCAL_ALERTS" ]]; then
+  start alerts "$BIN/python" "$REPO/scripts/alert_sink.py" --port "$ALERTS_PORT" --out "$ALERTS_LOG"
+fi
 wait_http "$PREFECT_URL/health" "${PREFECT_START_TIMEOUT:-90}" prefect-server "$RUN/prefect-server.log"
 wait_http "$MLFLOW_URL/health" "${MLFLOW_START_TIMEOUT:-120}" mlflow "$RUN/mlflow.log"
 
@@ -40,6 +47,13 @@ echo "up: work pool $POOL ready"
 "$BIN/prefect" global-concurrency-limit inspect edgeloop-night >/dev/null 2>&1 \
   || "$BIN/prefect" global-concurrency-limit create edgeloop-night --limit 1 >/dev/null
 echo "up: concurrency limit edgeloop-night (1 slot) ready"
+if [[ -n "$LOCAL_ALERTS" ]]; then
+  wait_http "$ALERTS_URL/health" 30 alerts "$RUN/alerts.log"
+fi
+ALERT_WEBHOOK="${EDGELOOP_ALERT_WEBHOOK_URL:-$ALERTS_URL/alert}"
+"$BIN/python" -m tasks.alerts setup --webhook-url "$ALERT_WEBHOOK" >"$RUN/alerts-setup.log" 2>&1 \
+  || { echo "up: creating the alert automations failed; see $RUN/alerts-setup.log" >&2; tail -n 20 "$RUN/alerts-setup.log" >&2; exit 1; }
+echo "up: alerts ready: a failed night or gate POSTs to $([[ -n "$LOCAL_ALERTS" ]] && echo "$ALERTS_URL/alert -> $ALERTS_LOG" || echo "\$EDGELOOP_ALERT_WEBHOOK_URL")"
 
 t1=$SECONDS
 "$BIN/prefect" --no-prompt deploy --all >"$RUN/deploy.log" 2>&1 \
