@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "setup": {"rate_rps": args.rate, "duration_s": args.duration, "clients": args.clients,
-                        "slow_clients": args.slow, "server_limits": "defaults of edge.server.Limits",
+                        "slow_clients": args.slow, "server_limits": "defaults of edge.http_limits.Limits",
                         "model": "real bundle" if args.bundles else "student-shaped random int8 (hidden 128, 2 layers)",
                         "installed_bundle_mb": round(bundle_mb, 3)},
               **result,

@@ -5,51 +5,28 @@
 event id; ``GET /health`` → device status (503 until a model is installed). Bad input answers
 400 with ``{"error", "field"}``. Binds to loopback unless told otherwise.
 
-Limits (:class:`Limits`), so that a shop's box stays up under slow or greedy clients:
-- a request, waiting for it included, must fully arrive within ``request_timeout_s`` (an absolute
-  deadline, not a per-read timeout: a client trickling one header byte at a time is cut off);
-  otherwise 408 and the connection is closed;
-- a body above ``max_body`` bytes is refused with 413 before it is read;
-- at most ``max_connections`` connections are served at once (one thread each); the next gets
-  503 with ``Retry-After``.
-The stdlib server with these limits was chosen over uvicorn/starlette: the device install has a
-150 MB budget that ONNX Runtime and numpy nearly fill, and the API is three small routes.
+Limits (edge/http_limits.py): a request must fully arrive within 10 s (408 otherwise: slow clients
+cannot hold a worker), bodies above 64 KB get 413 before they are read, and beyond 32 open
+connections the server answers 503. The stdlib server with these limits was chosen over
+uvicorn/starlette: the device install has a 150 MB budget that ONNX Runtime and numpy nearly fill,
+and the API is three small routes.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
-import socket
 import threading
-import time
-from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from edge.device import Device, NoModelError
+from edge.http_limits import Limits, LimitedHandler, LimitedServer
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 _FIELD = re.compile(r"field '(\w+)'")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one client may take from the server."""
-
-    max_body: int = MAX_BODY
-    request_timeout_s: float = 10.0
-    max_connections: int = 32
-
-    def __post_init__(self) -> None:
-        for name in ("max_body", "request_timeout_s", "max_connections"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
 
 
 class BadRequest(ValueError):
@@ -73,37 +50,7 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], requi
     return value
 
 
-class _DeadlineReader(io.RawIOBase):
-    """Socket reads that fail with TimeoutError once ``deadline`` (monotonic seconds) has passed."""
-
-    def __init__(self, sock: socket.socket, write_timeout_s: float):
-        self.sock, self.write_timeout_s = sock, write_timeout_s
-        self.deadline, self.received, self.timed_out = 0.0, 0, False
-
-    def restart(self, timeout_s: float) -> None:
-        """A new request: a new deadline, nothing received yet."""
-        self.deadline, self.received, self.timed_out = time.monotonic() + timeout_s, 0, False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        remaining = self.deadline - time.monotonic()
-        try:
-            if remaining <= 0:
-                raise TimeoutError("request did not arrive in time")
-            self.sock.settimeout(remaining)
-            n = self.sock.recv_into(buffer)
-            self.received += n
-            return n
-        except TimeoutError:
-            self.timed_out = True
-            raise
-        finally:
-            self.sock.settimeout(self.write_timeout_s)  # the response gets a fresh timeout
-
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(LimitedHandler):
     server_version = "edgeloop-edge"
     protocol_version = "HTTP/1.1"
     server: "EdgeServer"
@@ -111,33 +58,6 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def device(self) -> Device:
         return self.server.device
-
-    def setup(self) -> None:
-        super().setup()
-        timeout_s = self.server.limits.request_timeout_s
-        self.connection.settimeout(timeout_s)  # bounds writes to a client that stops reading
-        self._reader = _DeadlineReader(self.connection, timeout_s)
-        self.rfile = io.BufferedReader(self._reader)
-
-    def handle(self) -> None:
-        """As the stdlib's, with a fresh deadline for each request on the connection."""
-        self.close_connection = True
-        while True:
-            self._reader.restart(self.server.limits.request_timeout_s)
-            self.handle_one_request()  # a read past the deadline ends it with close_connection set
-            if self._reader.timed_out and self._reader.received:
-                self._timeout_answer()  # a partial request line or headers: say why before closing
-            if self.close_connection:
-                break
-
-    def _timeout_answer(self) -> None:
-        body = json.dumps({"error": "the request did not arrive within "
-                           f"{self.server.limits.request_timeout_s:g} s"}).encode()
-        try:
-            self.wfile.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                             b"Connection: close\r\n" + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        except OSError:
-            pass
 
     def log_message(self, fmt: str, *args: Any) -> None:  # route access logs to logging, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -227,73 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
         return HTTPStatus.CREATED, {"event_id": event["event_id"], "message_id": event["message_id"]}
 
 
-def _close_gracefully(sock: socket.socket, linger_s: float) -> None:
-    """Half-close, then discard what the client still sends for up to ``linger_s``.
-
-    Closing a socket with unread input makes the kernel answer RST, which can destroy the response
-    before the client reads it; draining briefly first lets the response arrive.
-    """
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        end = time.monotonic() + linger_s
-        while (left := end - time.monotonic()) > 0:
-            sock.settimeout(left)
-            if not sock.recv(65536):
-                break
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
-class EdgeServer(ThreadingHTTPServer):
-    """A threading HTTP server that serves at most ``limits.max_connections`` connections at once."""
-
-    daemon_threads = True
-    request_queue_size = 64
+class EdgeServer(LimitedServer):
+    """The device's API server: :class:`LimitedServer` holding the :class:`Device` it answers for."""
 
     def __init__(self, address: tuple[str, int], device: Device, limits: Limits):
-        self.device, self.limits = device, limits
-        self._slots = threading.BoundedSemaphore(limits.max_connections)
-        # Refusals answer on threads of their own, fewer still: a flood gets closed sockets instead.
-        self._refusals = threading.BoundedSemaphore(max(2, limits.max_connections // 4))
-        super().__init__(address, _Handler)
-
-    def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(blocking=False):
-            if self._refusals.acquire(blocking=False):
-                threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
-            else:
-                request.close()
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def shutdown_request(self, request) -> None:
-        _close_gracefully(request, 0.5) if isinstance(request, socket.socket) else super().shutdown_request(request)
-
-    def _refuse(self, request: socket.socket) -> None:
-        try:
-            body = json.dumps({"error": f"busy: {self.limits.max_connections} connections are being "
-                               "served; retry shortly"}).encode()
-            request.settimeout(1.0)
-            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                            b"Retry-After: 1\r\nConnection: close\r\n"
-                            + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        except OSError:
-            pass
-        finally:
-            _close_gracefully(request, 0.5)
-            self._refusals.release()
+        self.device = device
+        super().__init__(address, _Handler, limits)
 
 
 def make_server(device: Device, host: str = "127.0.0.1", port: int = 0,
