@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait(timeout=15)
         bundle_mb = sum(f.stat().st_size for f in (work / "home" / "models").rglob("*") if f.is_file()) / 2**20
     report = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},  # a shared box is noisy
               "setup": {"rate_rps": args.rate, "duration_s": args.duration, "clients": args.clients,
                         "slow_clients": args.slow, "server_limits": "defaults of edge.http_limits.Limits",
                         "model": "real bundle" if args.bundles else "student-shaped random int8 (hidden 128, 2 layers)",
