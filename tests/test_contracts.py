@@ -252,10 +252,10 @@ def test_write_report(tmp_path):
     good = validate_raw_messages(raw(["fine"]), LABELS, now=NOW)
     bad = validate_raw_messages(raw(["fine", None, "a|b\nc"], message_id=["a", "b", "a"]), LABELS, now=NOW)
     paths = write_report([good, bad], tmp_path / "reports")
-    assert [p.name for p in paths] == ["raw_messages_v1.json", "raw_messages_v1_2.json", "contracts.md"]
+    assert [p.name for p in paths] == ["raw_messages_v1.json", "raw_messages_v1_2.json", "contracts.md", "index.html"]
     blob = json.loads(paths[1].read_text())
     assert blob["contract"] == "raw_messages@1" and blob["validations"][0]["success"] is False
-    md = paths[-1].read_text()
+    md = paths[2].read_text()
     assert "| raw_messages@1 | yes | 1 | 1 | 0 |" in md
     assert "text: expected a string" in md and "duplicate message_id" in md
 

@@ -1,0 +1,308 @@
+"""Great Expectations plumbing for the contracts: one context per process, a Checkpoint per suite, Data Docs.
+
+A contract is a list of :class:`Check` objects: one GX expectation each (built-in, or custom from
+:mod:`data_contracts.expectations`) plus the words for a rejected row's reason. :func:`run` builds
+(once per process, get-or-add, GX #10269) the suite, its ValidationDefinition on a pandas
+dataframe asset and a Checkpoint, then runs the Checkpoint on a frame; :func:`collect` turns the
+GX result into per-row reasons and batch failures. :func:`build_data_docs` renders results into
+a Data Docs site in a folder of the caller's choice. GX is imported on first use only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import pandas as pd
+
+from data_contracts.report import short, trim
+
+_LOCK = threading.RLock()  # Prefect may run tasks in threads: one GX run at a time
+_CACHE: dict[str, Any] = {}
+RESULT_FORMAT = {"result_format": "COMPLETE", "include_unexpected_rows": False}
+#: Keys of a GX result dropped from the Data Docs copy: the full lists (the partial ones stay).
+_FULL_LISTS = ("unexpected_list", "unexpected_index_list", "unexpected_index_query")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation plus how to word its failures.
+
+    ``expectation`` gets a namespace of GX's and our expectation classes and returns one;
+    ``expected`` may name run-time parameters (``"at most {max_chars} characters"``); ``got``
+    says what a reason shows of the value: ``"value"``, ``"length"``, ``"type"``, ``"none"``, or a
+    function of the value returning the text after ``"; got "``.
+    """
+
+    id: str
+    field: str
+    expected: str
+    expectation: Callable[[Any], Any]
+    got: str | Callable[[Any], str] = "value"
+    level: str = "row"  # "row" (quarantine the rows) or "batch" (fail the batch)
+
+
+def _gx() -> SimpleNamespace:
+    if "gx" not in _CACHE:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+        import great_expectations.expectations as gxe
+
+        from data_contracts import expectations as custom
+
+        names = {n: getattr(gxe, n) for n in dir(gxe) if n.startswith("Expect")}
+        names.update({n: getattr(custom, n) for n in dir(custom) if n.startswith("Expect")})
+        _CACHE["gx"] = SimpleNamespace(gx=gx, E=SimpleNamespace(**names))
+    return _CACHE["gx"]
+
+
+def _new_context(docs_dir: Path | None = None) -> Any:
+    """An in-memory GX context; with ``docs_dir``, one with a Data Docs site in that folder.
+
+    The validation context is GX's process-wide "current project" (GX needs one); a docs context
+    is built directly, so it never replaces it.
+    """
+    from great_expectations.data_context import EphemeralDataContext
+    from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
+                                                            ProgressBarsConfig)
+
+    sites = {} if docs_dir is None else {"edgeloop": {
+        "class_name": "SiteBuilder", "show_how_to_buttons": False,
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}}}
+    config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), data_docs_sites=sites,
+                               analytics_enabled=False, progress_bars=ProgressBarsConfig(globally=False))
+    if docs_dir is None:
+        return _gx().gx.get_context(project_config=config, mode="ephemeral")
+    return EphemeralDataContext(project_config=config)
+
+
+def context() -> Any:
+    """The process's validation context (built on first use)."""
+    with _LOCK:
+        if "context" not in _CACHE:
+            _gx()
+            _CACHE["context"] = _new_context()
+        return _CACHE["context"]
+
+
+def _get_or_add(get: Callable[[], Any], add: Callable[[], Any]) -> Any:
+    try:
+        return get()
+    except (KeyError, LookupError, ValueError) as exc:  # GX raises several types for "not found"
+        if "already exists" in str(exc):
+            raise
+        return add()
+
+
+def _replace(collection: Any, obj: Any) -> Any:
+    """Add ``obj`` to a GX collection (suites, validation definitions, checkpoints), replacing one of its name."""
+    try:
+        collection.delete(obj.name)
+    except Exception:  # noqa: BLE001 - "not found" comes as several exception types
+        pass
+    return collection.add(obj)
+
+
+def checkpoint(name: str, checks: list[Check]) -> Any:
+    """Get or build the Checkpoint ``name`` (suite + ValidationDefinition on a dataframe asset).
+
+    Built once per process; the checks of a name must not vary between calls (what varies is a
+    ``$PARAMETER`` given at run time, or part of the name).
+    """
+    with _LOCK:
+        key = f"checkpoint:{name}"
+        if key in _CACHE:
+            return _CACHE[key]
+        ctx, ns = context(), _gx()
+        gx = ns.gx
+        source = _get_or_add(lambda: ctx.data_sources.get("edgeloop_contracts"),
+                             lambda: ctx.data_sources.add_pandas("edgeloop_contracts"))
+        asset = _get_or_add(lambda: source.get_asset(name), lambda: source.add_dataframe_asset(name))
+        batch = _get_or_add(lambda: asset.get_batch_definition("whole"),
+                            lambda: asset.add_batch_definition_whole_dataframe("whole"))
+        expectations = []
+        for check in checks:
+            exp = check.expectation(ns.E)
+            exp.meta = {"check": check.id, "field": check.field, "expected": check.expected}
+            expectations.append(exp)
+        suite = _replace(ctx.suites, gx.ExpectationSuite(name=name, expectations=expectations))
+        vd = _replace(ctx.validation_definitions, gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        cp = _replace(ctx.checkpoints, gx.Checkpoint(name=name, validation_definitions=[vd], actions=[],
+                                                     result_format=RESULT_FORMAT))
+        _CACHE[key] = cp
+        return cp
+
+
+def run(name: str, checks: list[Check], frame: pd.DataFrame, params: dict[str, Any]) -> Any:
+    """Run the Checkpoint ``name`` on ``frame``; return its one ExpectationSuiteValidationResult."""
+    frame = frame.reset_index(drop=True)  # GX reports row labels; ours are positions
+    with _LOCK:
+        cp = checkpoint(name, checks)
+        try:
+            result = cp.run(batch_parameters={"dataframe": frame}, expectation_parameters=params)
+        except (UnicodeEncodeError, TypeError) as exc:
+            # Hostile values GX cannot take: lone surrogates (it fingerprints the batch through
+            # pyarrow) or objects it cannot write to JSON. Rare, so checked only after a failure.
+            if isinstance(exc, TypeError) and "cannot be serialized" not in str(exc):
+                raise
+            result = cp.run(batch_parameters={"dataframe": _gx_safe(frame)}, expectation_parameters=params)
+        store = context().validation_results_store
+        for key in result.run_results:  # keep memory flat in a long-lived process
+            store.remove_key(key)
+        return next(iter(result.run_results.values()))
+
+
+def _gx_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` as GX can take it: strings with lone surrogates as :class:`UnencodableText`, values
+    GX cannot write to JSON (a complex, an ``object()``) as ``{"unserializable": repr}``.
+
+    The stand-ins fail the same rules as the originals (the dict is no string, number, list or
+    timestamp); reasons show the original values.
+    """
+    from great_expectations.util import convert_to_json_serializable
+
+    from data_contracts.gx_values import SURROGATE, UnencodableText
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str):
+            return UnencodableText.of(v) if SURROGATE.search(v) else v
+        try:
+            convert_to_json_serializable(v)
+            return v
+        except (TypeError, ValueError):
+            return {"unserializable": short(v, 100)}
+
+    return frame.assign(**{c: pd.Series([fix(v) for v in frame[c].to_numpy()], index=frame.index, dtype=object)
+                           for c in frame.columns if frame[c].dtype == object})
+
+
+# ---------------------------------------------------------------------------------------------
+# Turning GX results into reasons.
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """Per-row reasons (by position), batch failures, and the GX result as JSON (trimmed, and for Data Docs)."""
+
+    reasons: dict[int, list[str]]
+    batch_failures: list[str]
+    gx_json: dict
+    docs_json: dict
+
+
+def _got(check: Check, original: pd.DataFrame, pos: int) -> str:
+    if check.got == "none" or check.field not in original.columns:
+        return ""
+    value = original[check.field].iat[pos]
+    if callable(check.got):
+        return f"; got {check.got(value)}"
+    if check.got == "length" and isinstance(value, str):
+        return f"; got {len(value)} characters"
+    if check.got == "type":
+        return f"; got {short(value)} ({type(value).__name__})"
+    return f"; got {short(value)}"
+
+
+def _exception(info: Any) -> str | None:
+    """The message of an exception GX caught while running an expectation, else None.
+
+    GX gives ``{"raised_exception": ..., "exception_message": ...}``, or one such dict per failed
+    metric, keyed by the metric.
+    """
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    nested = [v for v in info.values() if isinstance(v, dict) and v.get("raised_exception")]
+    return "; ".join(str(v.get("exception_message")) for v in nested) if nested else None
+
+
+def collect(result: Any, checks: list[Check], original: pd.DataFrame,
+            params: dict[str, Any] | None = None) -> Outcome:
+    """Reasons for the rows each row-level expectation rejected, and the batch-level failures.
+
+    A column where type checks (``got="type"``) reject every row is a batch failure as well: the
+    column is probably of the wrong kind altogether.
+    """
+    by_id = {c.id: c for c in checks}
+    order = {c.id: i for i, c in enumerate(checks)}  # reasons in the order of the checks, not GX's
+    reasons: dict[int, list[str]] = {}
+    failures: list[str] = []
+    wrong_type: dict[str, set[int]] = {}
+    n = len(original)
+    for er in sorted(result.results, key=lambda er: order[er.expectation_config.meta["check"]]):
+        check = by_id[er.expectation_config.meta["check"]]
+        expected = check.expected.format_map(params or {}) if "{" in check.expected else check.expected
+        error = _exception(er.exception_info)
+        if error is not None:
+            failures.append(f"{check.field}: the check '{expected}' could not run ({error})")
+            continue
+        if er.success:
+            continue
+        res = er.result or {}
+        if check.level == "batch":
+            failures.append(f"{check.field}: expected {expected}; got {short(res.get('observed_value'), 200)}")
+            continue
+        unexpected = [int(p) for p in res.get("unexpected_index_list") or []]
+        for pos in unexpected:
+            reasons.setdefault(pos, []).append(f"{check.field}: expected {expected}{_got(check, original, pos)}")
+        if check.got == "type":
+            wrong_type.setdefault(check.field, set()).update(unexpected)
+    for col, rows in wrong_type.items():
+        if n and len(rows) == n:
+            expected = next(c.expected for c in checks if c.field == col and c.got == "type")
+            failures.append(f"column {col}: no row has the expected type ({expected})")
+    full = result.to_json_dict()
+    return Outcome(reasons, failures, trim(full), _for_docs(full))
+
+
+def _for_docs(obj: Any, max_list: int = 20, max_str: int = 200) -> Any:
+    """A GX result as Data Docs can render it: no full lists, short strings, no lone surrogates."""
+    if isinstance(obj, dict):
+        return {k: _for_docs(v, max_list, max_str) for k, v in obj.items() if k not in _FULL_LISTS}
+    if isinstance(obj, list):
+        return [_for_docs(v, max_list, max_str) for v in obj[:max_list]]
+    if isinstance(obj, str):
+        text = obj.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text if len(text) <= max_str else text[:max_str] + f"... ({len(text)} characters)"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def build_data_docs(validations: list[tuple[str, dict]], site_dir: str | Path) -> Path:
+    """Render ``(contract, GX result JSON)`` pairs as a Data Docs site in ``site_dir``; return its index.html.
+
+    The folder is rebuilt from scratch (a re-run of a night replaces its site) by a context of its
+    own, so results of other nights or processes never appear in it.
+    """
+    import shutil
+
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (ExpectationSuiteIdentifier,
+                                                                            ValidationResultIdentifier)
+
+    site = Path(site_dir)
+    if site.exists():
+        shutil.rmtree(site)
+    with _LOCK:
+        _gx()
+        ctx = _new_context(site)
+        store = ctx.validation_results_store
+        for i, (contract, vr) in enumerate(validations):
+            run_time = (vr.get("meta") or {}).get("run_id", {}).get("run_time")
+            key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=vr["suite_name"]),
+                                             RunIdentifier(run_name=contract, run_time=run_time),
+                                             batch_identifier=f"{i + 1:02d}-{contract}")
+            store.store_backend.set(store.key_to_tuple(key), json.dumps(vr, default=str))
+        ctx.build_data_docs(site_names=["edgeloop"])
+    index = site / "index.html"
+    if not index.is_file():
+        raise RuntimeError(f"Great Expectations built no Data Docs index in {site}")
+    return index
