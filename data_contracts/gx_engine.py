@@ -56,9 +56,19 @@ def _gx() -> SimpleNamespace:
 
         from data_contracts import expectations as custom
 
-        names = {n: getattr(gxe, n) for n in dir(gxe) if n.startswith("Expect")}
-        names.update({n: getattr(custom, n) for n in dir(custom) if n.startswith("Expect")})
-        _CACHE["gx"] = SimpleNamespace(gx=gx, E=SimpleNamespace(**names))
+        from great_expectations.util import camel_to_snake
+
+        def expectations(module: Any) -> dict[str, type]:
+            return {n: getattr(module, n) for n in dir(module) if n.startswith("Expect")
+                    and not n.startswith("Expectation")}
+
+        names = expectations(gxe)
+        builtin = tuple(names.values())
+        ours = expectations(custom)
+        names.update(ours)
+        # Ours that do not extend a built-in have no Data Docs renderer: their check describes them.
+        undescribed = {camel_to_snake(n) for n, c in ours.items() if not issubclass(c, builtin)}
+        _CACHE["gx"] = SimpleNamespace(gx=gx, E=SimpleNamespace(**names), undescribed=undescribed)
     return _CACHE["gx"]
 
 
@@ -259,21 +269,41 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
             expected = next(c.expected for c in checks if c.field == col and c.got == "type")
             failures.append(f"column {col}: no row has the expected type ({expected})")
     full = result.to_json_dict()
-    return Outcome(reasons, failures, trim(full), _for_docs(full))
+    plain = _gx().undescribed
+    described = {c.id: f"{c.field}: expected " + (c.expected.format_map(params or {}) if "{" in c.expected
+                                                  else c.expected)
+                 for c in checks if c.id in {er.expectation_config.meta["check"] for er in result.results
+                                             if er.expectation_config.type in plain}}
+    return Outcome(reasons, failures, trim(full), _for_docs(full, described))
 
 
-def _for_docs(obj: Any, max_list: int = 20, max_str: int = 200) -> Any:
-    """A GX result as Data Docs can render it: no full lists, short strings, no lone surrogates."""
+def _docs_value(obj: Any, max_list: int = 20, max_str: int = 200) -> Any:
+    """A value of a GX result as Data Docs can render it: short lists and strings, no lone surrogates."""
     if isinstance(obj, dict):
-        return {k: _for_docs(v, max_list, max_str) for k, v in obj.items() if k not in _FULL_LISTS}
+        return {k: _docs_value(v, max_list, max_str) for k, v in obj.items() if k not in _FULL_LISTS}
     if isinstance(obj, list):
-        return [_for_docs(v, max_list, max_str) for v in obj[:max_list]]
+        return [_docs_value(v, max_list, max_str) for v in obj[:max_list]]
     if isinstance(obj, str):
         text = obj.encode("utf-8", "backslashreplace").decode("utf-8")
         return text if len(text) <= max_str else text[:max_str] + f"... ({len(text)} characters)"
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     return obj
+
+
+def _for_docs(full: dict, described: dict[str, str]) -> dict:
+    """The GX result for Data Docs: the full lists left out, and expectations GX has no words for
+    described by their check (``described``: check id -> text)."""
+    out = {k: v for k, v in full.items() if k != "results"}
+    out["results"] = []
+    for er in full.get("results", []):
+        config = _docs_value(er["expectation_config"], 10**6, 10**6)  # kwargs whole: the rule as run
+        check = (config.get("meta") or {}).get("check")
+        if check in described and not config.get("description"):
+            config["description"] = described[check]
+        out["results"].append({**er, "expectation_config": config, "result": _docs_value(er.get("result") or {}),
+                               "exception_info": _docs_value(er.get("exception_info") or {})})
+    return _docs_value(out, 10**6, 10**6)
 
 
 def build_data_docs(validations: list[tuple[str, dict]], site_dir: str | Path) -> Path:
@@ -293,16 +323,36 @@ def build_data_docs(validations: list[tuple[str, dict]], site_dir: str | Path) -
         shutil.rmtree(site)
     with _LOCK:
         _gx()
+        ns = _gx()
         ctx = _new_context(site)
         store = ctx.validation_results_store
         for i, (contract, vr) in enumerate(validations):
-            run_time = (vr.get("meta") or {}).get("run_id", {}).get("run_time")
+            run_time = ((vr.get("meta") or {}).get("run_id") or {}).get("run_time")
+            vr = {**vr, "meta": {**(vr.get("meta") or {}), "run_id": {"run_name": contract, "run_time": run_time}}}
             key = ValidationResultIdentifier(ExpectationSuiteIdentifier(name=vr["suite_name"]),
                                              RunIdentifier(run_name=contract, run_time=run_time),
                                              batch_identifier=f"{i + 1:02d}-{contract}")
             store.store_backend.set(store.key_to_tuple(key), json.dumps(vr, default=str))
+            _add_suite(ctx, ns.gx, vr)
         ctx.build_data_docs(site_names=["edgeloop"])
     index = site / "index.html"
-    if not index.is_file():
+    if not index.is_file():  # GX logs and swallows some rendering errors
         raise RuntimeError(f"Great Expectations built no Data Docs index in {site}")
     return index
+
+
+def _add_suite(ctx: Any, gx: Any, vr: dict) -> None:
+    """The suite behind a result, rebuilt from the expectations as they ran (parameters filled in),
+    so that the site's links to its Expectation Suite pages work."""
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    name = vr["suite_name"]
+    if name in {s.name for s in ctx.suites.all()}:
+        return
+    expectations = []
+    for er in vr.get("results", []):
+        config = er["expectation_config"]
+        kwargs = {k: v for k, v in config.get("kwargs", {}).items() if k != "batch_id"}
+        expectations.append(ExpectationConfiguration(type=config["type"], kwargs=kwargs, meta=config.get("meta"),
+                                                     description=config.get("description")).to_domain_obj())
+    ctx.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))

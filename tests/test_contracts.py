@@ -36,6 +36,7 @@ def raw(texts, **cols) -> pd.DataFrame:
 
 
 def check_accounting(res: ContractResult) -> None:
+    assert not [f for f in res.batch_failures if "could not run" in f]  # every GX check ran
     assert res.rows_in == res.rows_accepted + res.rows_quarantined
     assert len(res.accepted) == res.rows_accepted and len(res.quarantined) == res.rows_quarantined
     if res.rows_quarantined:
