@@ -48,7 +48,7 @@ class PersonalConfig:
     upload: str = "none"
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
-    dp_clip_norm: float = 1.0
+    dp_clip_norm: float = 5.0
     dp_epsilon_total: float = 8.0
 
     def __post_init__(self):

@@ -55,16 +55,20 @@ class Aggregate:
 
 
 def aggregate_uploads(payloads: Iterable[dict[str, Any]], *, fingerprint: str, labels_sha256: str,
-                      clip_norm: float, weight_cap: float = 1.0,
+                      clip_norm: float, weight_cap: float = 1.0, noise_sigma: float = 0.0,
                       weights: Iterable[float] | None = None) -> Aggregate:
     """FedAvg of the uploads made against the base model ``fingerprint`` with bounded contributions.
 
-    Uploads for another base model or label set, or of another feature kind than the first
-    accepted one, are refused with a reason (their features mean something else). ``weights``
-    (default 1 per upload: a DP payload carries no example count) are capped at ``weight_cap``.
+    Each upload is clipped to ``clip_norm`` plus room for the noise the fleet's policy adds
+    (``noise_sigma`` per value, from the server's own configuration, never from the payload):
+    ``clip_norm + noise_sigma * (sqrt(size) + 4)``, which an honest noised upload passes with
+    overwhelming probability and a rogue one cannot exceed. Uploads for another base model or
+    label set, or of another feature kind than the first accepted one, are refused with a reason
+    (their features mean something else). ``weights`` (default 1 per upload: a DP payload carries
+    no example count) are capped at ``weight_cap``.
     """
-    if clip_norm <= 0 or weight_cap <= 0:
-        raise ValueError("clip_norm and weight_cap must be positive")
+    if clip_norm <= 0 or weight_cap <= 0 or noise_sigma < 0:
+        raise ValueError("clip_norm and weight_cap must be positive, noise_sigma not negative")
     payloads = list(payloads)
     weights = [1.0] * len(payloads) if weights is None else list(weights)
     if len(weights) != len(payloads):
@@ -85,7 +89,8 @@ def aggregate_uploads(payloads: Iterable[dict[str, Any]], *, fingerprint: str, l
             refused.append(f"upload {i}: {p['features']} {matrix.shape} features, the others {kind} {shape}")
             continue
         kind, shape = p["features"], matrix.shape
-        results.append(([clip(matrix.ravel(), clip_norm).reshape(shape)], min(float(w), weight_cap)))
+        bound = clip_norm + noise_sigma * (np.sqrt(matrix.size) + 4.0)
+        results.append(([clip(matrix.ravel(), bound).reshape(shape)], min(float(w), weight_cap)))
     if not results:
         return Aggregate(None, None, 0, refused)
     total = sum(w for _, w in results)
