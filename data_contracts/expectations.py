@@ -14,7 +14,7 @@ mixed types, and would fail for the whole batch instead of for one row.
 
 from __future__ import annotations
 
-from typing import List, Union
+from typing import Dict, List, Union
 
 from great_expectations.core.metric_function_types import SummarizationMetricNameSuffixes
 from great_expectations.core.suite_parameters import SuiteParameterDict
@@ -30,8 +30,8 @@ from great_expectations.expectations.core.expect_column_values_to_match_regex im
 from great_expectations.expectations.core.expect_column_values_to_not_match_regex import (
     ExpectColumnValuesToNotMatchRegex,
 )
-from great_expectations.expectations.expectation import (ColumnMapExpectation, MulticolumnMapExpectation,
-                                                         _format_map_output)
+from great_expectations.expectations.expectation import (ColumnAggregateExpectation, ColumnMapExpectation,
+                                                         MulticolumnMapExpectation, _format_map_output)
 from great_expectations.expectations.expectation_configuration import parse_result_format
 
 import data_contracts.gx_metrics  # noqa: F401  - registers the metrics these expectations use
@@ -189,3 +189,18 @@ class ExpectColumnValuesToContainNoPii(ColumnMapExpectation):
     (e-mail, phone, Luhn-valid card, mod-97-valid IBAN, street address, order/invoice/tracking number)."""
 
     map_metric = "column_values.no_pii"
+
+
+class ExpectColumnTotalVariationDistanceToBeAtMost(ColumnAggregateExpectation):
+    """The column's value frequencies must be within ``max_value`` total variation distance (0..1) of
+    ``reference`` (value -> probability): the label drift of a batch from the seed's label mix."""
+
+    reference: Union[Dict[str, float], SuiteParameterDict]
+    max_value: Param
+    metric_dependencies = ("column.total_variation_distance",)
+    success_keys = ("reference", "max_value")
+
+    def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine=None):
+        distance = metrics.get("column.total_variation_distance")
+        limit = self._get_success_kwargs()["max_value"]
+        return {"success": distance is not None and distance <= limit, "result": {"observed_value": distance}}

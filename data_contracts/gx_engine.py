@@ -257,7 +257,9 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
             continue
         res = er.result or {}
         if check.level == "batch":
-            failures.append(f"{check.field}: expected {expected}; got {short(res.get('observed_value'), 200)}")
+            observed = res.get("observed_value")
+            got = check.got(observed) if callable(check.got) and observed is not None else short(observed, 200)
+            failures.append(f"{check.field}: expected {expected}; got {got}")
             continue
         unexpected = [int(p) for p in res.get("unexpected_index_list") or []]
         for pos in unexpected:

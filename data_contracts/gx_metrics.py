@@ -14,6 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.metrics import ColumnAggregateMetricProvider, column_aggregate_value
 from great_expectations.expectations.metrics.map_metric_provider import (
     ColumnMapMetricProvider,
     MulticolumnMapMetricProvider,
@@ -250,3 +251,17 @@ class ColumnValuesNoPii(ColumnMapMetricProvider):
     @column_condition_partial(engine=PandasExecutionEngine)
     def _pandas(cls, column, **kwargs):
         return on_strings(column, lambda s: not find_pii(s))
+
+
+class ColumnTotalVariationDistance(ColumnAggregateMetricProvider):
+    """Total variation distance (0..1) between the column's value frequencies and ``reference``
+    (value -> probability); values outside ``reference`` count as mass the reference lacks."""
+
+    metric_name = "column.total_variation_distance"
+    value_keys = ("reference",)
+
+    @column_aggregate_value(engine=PandasExecutionEngine)
+    def _pandas(cls, column, reference, **kwargs):
+        observed = column.value_counts(normalize=True).to_dict()
+        keys = set(observed) | set(reference)
+        return 0.5 * sum(abs(float(observed.get(k, 0.0)) - float(reference.get(k, 0.0))) for k in keys)

@@ -135,3 +135,21 @@ def test_write_report_builds_data_docs_for_the_night(tmp_path):
 
     write_report([pii], tmp_path / "night")  # a re-run replaces the site
     assert len(list((tmp_path / "night" / "data_docs" / "validations").rglob("*.html"))) == 2
+
+
+def test_label_drift_is_a_gx_expectation_on_the_accepted_rows():
+    labels = ["cancel_order"] * 90 + ["track_order"] * 5 + ["get_refund"] * 5
+    probs = [[0.9 if lab == name else 0.05 for name in LABELS] for lab in labels]
+    df = pd.DataFrame({"message_id": [f"m{i}" for i in range(100)], "probs": probs, "label": labels,
+                       "confidence": 0.9})
+    seed = {"cancel_order": 0.4, "track_order": 0.4, "get_refund": 0.2}
+    res = validate_teacher_labels(df, LABELS, seed, max_drift=0.25)
+    batch = res.results_json["validations"][1]["results"]
+    drift_type = "expect_column_total_variation_distance_to_be_at_most"
+    [drift] = [r for r in batch if r["expectation_config"]["type"] == drift_type]
+    assert drift["expectation_config"]["kwargs"]["column"] == "label"
+    assert drift["expectation_config"]["kwargs"]["max_value"] == 0.25
+    assert drift["success"] is False and abs(drift["result"]["observed_value"] - 0.5) < 1e-9
+    assert res.results_json["drift"]["value"] == 0.5 and res.results_json["drift"]["status"] == "failed"
+    assert "label distribution: expected a total variation distance from the seed distribution of at most 0.25 " \
+           "(over 100 rows); got 0.500" in res.batch_failures
