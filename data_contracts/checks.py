@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from data_contracts.gx_engine import Check, collect, run
+from data_contracts.gx_engine import Check, run
+from data_contracts.gx_results import collect
 from data_contracts.report import ContractResult, finish
 
 EARLIEST = pd.Timestamp("2000-01-01", tz="UTC")

@@ -10,7 +10,8 @@ import pandas as pd
 
 from data_contracts.checks import check_args, first_occurrence, in_set, row_count, schema, strings, \
     validate_rows
-from data_contracts.gx_engine import Check, collect, run
+from data_contracts.gx_engine import Check, run
+from data_contracts.gx_results import collect
 from data_contracts.gx_values import as_vector_column
 from data_contracts.report import ContractResult, short
 
