@@ -227,7 +227,17 @@ def build_data_docs(validations: list[tuple[str, dict]], site_dir: str | Path) -
     index = site / "index.html"
     if not index.is_file():  # GX logs and swallows some rendering errors
         raise RuntimeError(f"Great Expectations built no Data Docs index in {site}")
+    _drop_unused_images(site)
     return index
+
+
+def _drop_unused_images(site: Path) -> None:
+    """Delete GX's tutorial images no page uses (3.4 of a site's 4.2 MB, once per night and report)."""
+    pages = " ".join(p.read_text(encoding="utf-8", errors="replace") for p in site.rglob("*")
+                     if p.suffix in (".html", ".css"))
+    for image in (site / "static" / "images").glob("*"):
+        if image.name not in pages:
+            image.unlink()
 
 
 def _add_suite(ctx: Any, gx: Any, vr: dict) -> None:
