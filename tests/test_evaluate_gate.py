@@ -94,3 +94,16 @@ def test_per_intent_tolerance_widens_for_intents_with_few_golden_texts():
     collapse = result(0.9, per={"a": 0.5, "b": 0.9})
     d = run_gate(collapse, result(0.95), champ, CFG)
     assert [c.name for c in d.failed] == ["worst_intent_f1_drop"] and "over tolerance: a" in d.reason()
+
+
+def test_behaviour_rates_are_gate_checks_against_their_floors():
+    cfg = CFG.model_copy(update={"min_invariance": 0.9, "min_functionality": 0.8, "min_directional": 0.7})
+    good = {"invariance": 0.95, "functionality": 0.8, "directional": 0.99, "invariance.names": 0.9}
+    d = run_gate(result(0.9), result(0.95), None, cfg, behaviour=good)
+    assert d.passed and {c.name for c in d.checks} >= {"behaviour_invariance", "behaviour_functionality",
+                                                       "behaviour_directional"}
+    assert d.tags()["gate.behaviour_invariance"] == "pass value=0.95 >= threshold=0.9"
+    d = run_gate(result(0.9), result(0.95), None, cfg, behaviour={**good, "invariance": 0.85, "directional": None})
+    assert {c.name for c in d.failed} == {"behaviour_invariance", "behaviour_directional"}
+    assert "behaviour_invariance 0.85 < 0.9" in d.reason() and "not measured" in d.reason()
+    assert not any(c.name.startswith("behaviour") for c in run_gate(result(0.9), result(0.95), None, cfg).checks)
