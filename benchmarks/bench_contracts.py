@@ -1,11 +1,15 @@
 """How fast the data contracts and redaction run: rows/s on a synthetic night of ``--rows`` messages.
 
-Usage: ``python benchmarks/bench_contracts.py [--rows 100000] [--out benchmarks/results/contracts.json]``
+Usage: ``python -m benchmarks.bench_contracts [--rows 100000] [--out benchmarks/results/contracts.json]``
+(or ``python benchmarks/bench_contracts.py ...``).
 
 Rows are Bitext instructions (5 % with an e-mail, phone and card appended, 0.5 % hostile:
 duplicates, zero-width-only, too long, unknown labels), so the timing includes building reasons
-for quarantined rows. The first call in a process pays for importing Great Expectations and building its context; it is reported apart
-(``first_call_s``) from the warm figures the nightly flow sees on later contracts.
+for quarantined rows. Each contract runs its GX Checkpoints (schema, rows, and for teacher labels
+the batch suite). The first call in a process pays for importing Great Expectations and building
+its context; it is reported apart (``first_call_s``) from the warm figures the nightly flow sees
+on later contracts. ``report_s`` is :func:`write_report` on the four results: JSON, Markdown and
+the Data Docs site.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from data_contracts.contracts import (validate_feedback, validate_no_pii,  # noqa: E402
-                                      validate_raw_messages, validate_teacher_labels)
+                                      validate_raw_messages, validate_teacher_labels, write_report)
 from data_contracts.datasets import load_dataset  # noqa: E402
 from data_contracts.redaction import redact_frame  # noqa: E402
 from edgeloop.config import DatasetConfig  # noqa: E402
@@ -88,17 +93,28 @@ def main() -> None:
                          "quarantined": res.rows_quarantined if res is not None else None}
         print(f"{name:<22} {n:>8} rows  {seconds:7.2f} s  {n / seconds:>10,.0f} rows/s", flush=True)
 
+    results = []
     res, s = timed(validate_raw_messages, raw, labels, now=NOW)
     record("raw_messages@1", res, s)
+    results.append(res)
     (redacted, counts), s = timed(redact_frame, raw)
     record("redact_frame", None, s)
     res, s = timed(validate_no_pii, redacted)
     record("no_pii@1", res, s)
+    results.append(res)
     res, s = timed(validate_teacher_labels, teacher, labels, None, max_drift=1.0, min_mean_confidence=0.0)
     record("teacher_labels@1", res, s)
+    results.append(res)
     res, s = timed(validate_feedback, fb, labels, {"3"}, now=NOW)
     record("feedback@1", res, s)
-    result = {"rows": n, "first_call_s": round(first_s, 3), "figures": figures, "redaction_counts": counts,
+    results.append(res)
+    with tempfile.TemporaryDirectory() as tmp:
+        files, report_s = timed(write_report, results, tmp)
+        docs = files[-1].parent
+        docs_mb = sum(p.stat().st_size for p in docs.rglob("*") if p.is_file()) / 2**20
+    print(f"write_report (JSON, Markdown, Data Docs {docs_mb:.1f} MB): {report_s:.2f} s", flush=True)
+    result = {"rows": n, "first_call_s": round(first_s, 3), "figures": figures, "report_s": round(report_s, 3),
+              "data_docs_mb": round(docs_mb, 2), "redaction_counts": counts,
               "python": platform.python_version(), "machine": platform.machine(),
               "cpus_note": "shared 2-core box; figures are noisy"}
     out = Path(args.out)

@@ -37,7 +37,8 @@ RAW_COLUMNS = list(MESSAGE_COLUMNS)
 FEEDBACK_COLUMNS = [f for f in FIELDS if f not in ("event_id", "text")]
 # What GX runs: Python's ``$`` also matches before a trailing newline ("dev-abcd\n"); ``\Z`` does not.
 _DEVICE_ID_STRICT = DEVICE_ID_REGEX[:-1] + r"\Z"
-CONTROL_CHARS = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"  # \t, \n and \r are allowed
+#: C0/C1 control characters but \t, \n and \r; escaped, so GX results and Data Docs show it legibly.
+CONTROL_CHARS = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 A contract is a list of :class:`Check` objects: one GX expectation each (built-in, or custom from
 :mod:`data_contracts.expectations`) plus the words for a rejected row's reason. :func:`run` builds
 (once per process, get-or-add, GX #10269) the suite, its ValidationDefinition on a pandas
-dataframe asset and a Checkpoint, then runs the Checkpoint on a frame (:mod:`data_contracts.gx_results` turns the
-result into per-row reasons). :func:`build_data_docs` renders results into a Data Docs site in a
-folder of the caller's choice. GX is imported on first use only.
+dataframe asset and a Checkpoint, then runs the Checkpoint on a frame;
+:mod:`data_contracts.gx_results` turns the result into per-row reasons. :func:`build_data_docs`
+renders results into a Data Docs site in a folder of the caller's choice. GX is imported on
+first use only.
 """
 
 from __future__ import annotations
@@ -50,10 +51,9 @@ def _gx() -> SimpleNamespace:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
         import great_expectations as gx
         import great_expectations.expectations as gxe
+        from great_expectations.util import camel_to_snake
 
         from data_contracts import expectations as custom
-
-        from great_expectations.util import camel_to_snake
 
         def expectations(module: Any) -> dict[str, type]:
             return {n: getattr(module, n) for n in dir(module) if n.startswith("Expect")
@@ -107,9 +107,7 @@ def context() -> Any:
 def _get_or_add(get: Callable[[], Any], add: Callable[[], Any]) -> Any:
     try:
         return get()
-    except (KeyError, LookupError, ValueError) as exc:  # GX raises several types for "not found"
-        if "already exists" in str(exc):
-            raise
+    except (KeyError, LookupError, ValueError):  # GX raises several types for "not found"
         return add()
 
 
@@ -211,7 +209,6 @@ def build_data_docs(validations: list[tuple[str, dict]], site_dir: str | Path) -
     if site.exists():
         shutil.rmtree(site)
     with _LOCK:
-        _gx()
         ns = _gx()
         ctx = _new_context(site)
         store = ctx.validation_results_store

@@ -26,6 +26,10 @@ class Outcome:
     docs_json: dict
 
 
+def _expected(check: Check, params: dict[str, Any] | None) -> str:
+    return check.expected.format_map(params or {}) if "{" in check.expected else check.expected
+
+
 def _got(check: Check, original: pd.DataFrame, pos: int) -> str:
     if check.got == "none" or check.field not in original.columns:
         return ""
@@ -68,7 +72,7 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
     n = len(original)
     for er in sorted(result.results, key=lambda er: order[er.expectation_config.meta["check"]]):
         check = by_id[er.expectation_config.meta["check"]]
-        expected = check.expected.format_map(params or {}) if "{" in check.expected else check.expected
+        expected = _expected(check, params)
         error = _exception(er.exception_info)
         if error is not None:
             failures.append(f"{check.field}: the check '{expected}' could not run ({error})")
@@ -92,10 +96,8 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
             failures.append(f"column {col}: no row has the expected type ({expected})")
     full = result.to_json_dict()
     plain = undescribed_types()
-    described = {c.id: f"{c.field}: expected " + (c.expected.format_map(params or {}) if "{" in c.expected
-                                                  else c.expected)
-                 for c in checks if c.id in {er.expectation_config.meta["check"] for er in result.results
-                                             if er.expectation_config.type in plain}}
+    wordless = {er.expectation_config.meta["check"] for er in result.results if er.expectation_config.type in plain}
+    described = {c.id: f"{c.field}: expected {_expected(c, params)}" for c in checks if c.id in wordless}
     return Outcome(reasons, failures, trim(full), _for_docs(full, described))
 
 

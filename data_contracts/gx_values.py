@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,9 @@ def missing(v: Any) -> bool:
 
 def has_visible(s: str, k: int) -> bool:
     """At least ``k`` visible characters (stops counting at ``k``: long texts cost one match)."""
-    found = 0
-    for _ in VISIBLE.finditer(s):
-        found += 1
-        if found >= k:
-            return True
-    return k <= 0
+    if k <= 1:
+        return k <= 0 or VISIBLE.search(s) is not None
+    return sum(1 for _ in islice(VISIBLE.finditer(s), k)) >= k
 
 
 def is_number(v: Any) -> bool:
