@@ -226,21 +226,35 @@ def fit_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, *, rank: int
     x = (feats - mu) / sd
     d = x.shape[1]
     rng = np.random.default_rng(seed)
-    # LoRA-style start: u random, v zero, so the patch starts at exactly zero.
-    params = [rng.normal(0.0, 1.0 / np.sqrt(d), (d, rank)), np.zeros((rank, c)), np.zeros(c)]
-    m = [np.zeros_like(p) for p in params]
-    s = [np.zeros_like(p) for p in params]
+    # One flat parameter vector with views u, v, b: Adam updates it in a few whole-array
+    # operations per step (at these sizes the per-call overhead, not the arithmetic, is the cost).
+    sizes = (d * rank, rank * c, c)
+    flat, grad = np.zeros(sum(sizes)), np.zeros(sum(sizes))
+    cuts = np.cumsum((0,) + sizes)
+    u, v, b = (flat[cuts[i]:cuts[i + 1]] for i in range(3))
+    gu, gv, gb = (grad[cuts[i]:cuts[i + 1]] for i in range(3))
+    u, v, gu, gv = u.reshape(d, rank), v.reshape(rank, c), gu.reshape(d, rank), gv.reshape(rank, c)
+    u[:] = rng.normal(0.0, 1.0 / np.sqrt(d), (d, rank))  # LoRA-style start: v = 0, so the patch is 0
+    m, s = np.zeros_like(flat), np.zeros_like(flat)
     onehot = np.eye(c)[y]
     b1, b2, eps = 0.9, 0.999, 1e-8
     for t in range(1, steps + 1):
-        u, v, b = params
         xu = x @ u
-        g = (softmax(logits + xu @ v + b) - onehot) / n
-        grads = [x.T @ (g @ v.T) + l2 * u, xu.T @ g + l2 * v, g.sum(axis=0) + l2 * b]
-        for i, gr in enumerate(grads):
-            m[i] = b1 * m[i] + (1 - b1) * gr
-            s[i] = b2 * s[i] + (1 - b2) * gr * gr
-            params[i] = params[i] - lr * (m[i] / (1 - b1 ** t)) / (np.sqrt(s[i] / (1 - b2 ** t)) + eps)
+        z = logits + xu @ v + b
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        g = (z - onehot) / n
+        gu[:] = x.T @ (g @ v.T)
+        gv[:] = xu.T @ g
+        gb[:] = g.sum(axis=0)
+        grad += l2 * flat
+        m *= b1
+        m += (1 - b1) * grad
+        s *= b2
+        s += (1 - b2) * grad * grad
+        flat -= (lr / (1 - b1 ** t)) * m / (np.sqrt(s / (1 - b2 ** t)) + eps)
+    params = (u, v, b)
     u, v, b = (p.astype(np.float32) for p in params)
     patch = Patch(u, v, b, mu.astype(np.float32), sd.astype(np.float32))
     patch.meta.update(n_examples=int(n), rank=int(rank), fit_ms=round((time.perf_counter() - start) * 1e3, 2))
