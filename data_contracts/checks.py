@@ -46,7 +46,7 @@ def present(col: str, what: str) -> Check:
 
 
 def strings(col: str, what: str = "a non-empty string", non_empty: bool = True) -> Check:
-    """``col`` holds strings (and, with ``non_empty``, each has a visible character); null is no string."""
+    """``col`` holds strings (and, with ``non_empty``, not blank ones); null is no string."""
     return Check(f"{col}_type", col, what, got="type", expectation=lambda E:
                  E.ExpectColumnValuesToBeStrings(column=col, non_empty=non_empty))
 

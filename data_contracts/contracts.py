@@ -51,7 +51,7 @@ def _raw_checks() -> list[Check]:
         first_occurrence("message_id", "a unique id (duplicate message_id: the first row is kept)"),
         strings("text", "a string", non_empty=False),
         Check("text_utf8", "text", "valid UTF-8 (no lone surrogates)",
-              lambda E: E.ExpectColumnValuesToBeValidUtf8(column="text"), got="none"),
+              lambda E: E.ExpectColumnValuesToBeValidUtf8(column="text")),
         Check("text_controls", "text", "no control characters (\\n, \\r and \\t are allowed)",
               lambda E: E.ExpectColumnStringsToNotMatchRegex(column="text", regex=CONTROL_CHARS)),
         Check("text_empty", "text", "at least {min_chars} visible character(s) (spaces and zero-width "
@@ -102,7 +102,7 @@ def _feedback_checks() -> list[Check]:
         present("model_version", "a non-empty string"),
         in_set("model_version", "model_versions", "a model version this loop has published"),
         strings("message_id"),
-        strings("predicted", "a label name (string)", non_empty=False),
+        present("predicted", "a label name (string)"),  # any other value fails the label set below
         in_set("predicted", "labels", "one of the configured labels"),
         Check("accepted_type", "accepted", "true or false", got="type",
               expectation=lambda E: E.ExpectColumnValuesToBeBooleans(column="accepted")),

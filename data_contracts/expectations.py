@@ -63,7 +63,7 @@ class _TypeExpectation(ColumnMapExpectation):
 
 
 class ExpectColumnValuesToBeStrings(_TypeExpectation):
-    """Values must be strings (with ``non_empty``: with a character that is not whitespace or zero-width)."""
+    """Values must be strings (with ``non_empty``: not empty or whitespace only)."""
 
     non_empty: Union[bool, SuiteParameterDict] = False
     map_metric = "column_values.string"

@@ -22,7 +22,7 @@ from great_expectations.expectations.metrics.map_metric_provider import (
     multicolumn_condition_partial,
 )
 
-from data_contracts.gx_values import (SURROGATE, VISIBLE, UnencodableText, aware, between, has_visible, hashable,
+from data_contracts.gx_values import (SURROGATE, UnencodableText, aware, between, has_visible, hashable,
                                       is_number, missing, on_strings, probability_matrix)
 from data_contracts.redaction import find_pii
 
@@ -117,8 +117,7 @@ class ColumnValuesStrings(_TypeMetric):
     def _pandas(cls, column, non_empty=False, **kwargs):
         values = column.to_numpy(dtype=object)
         if non_empty:
-            return pd.Series([isinstance(v, str) and VISIBLE.search(v) is not None for v in values],
-                             index=column.index, dtype=bool)
+            return pd.Series([isinstance(v, str) and bool(v.strip()) for v in values], index=column.index, dtype=bool)
         return pd.Series([isinstance(v, str) for v in values], index=column.index, dtype=bool)
 
 

@@ -61,8 +61,9 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
             params: dict[str, Any] | None = None) -> Outcome:
     """Reasons for the rows each row-level expectation rejected, and the batch-level failures.
 
-    A column where type checks (``got="type"``) reject every row is a batch failure as well: the
-    column is probably of the wrong kind altogether.
+    Checks are read in their order, so a field's type check (``got="type"``) comes first; a value
+    it rejects gets no further reasons for that field. A column where type checks reject every row
+    is a batch failure as well: the column is probably of the wrong kind altogether.
     """
     by_id = {c.id: c for c in checks}
     order = {c.id: i for i, c in enumerate(checks)}  # reasons in the order of the checks, not GX's
@@ -86,12 +87,15 @@ def collect(result: Any, checks: list[Check], original: pd.DataFrame,
             failures.append(f"{check.field}: expected {expected}; got {got}")
             continue
         unexpected = [int(p) for p in res.get("unexpected_index_list") or []]
+        typed_out = wrong_type.setdefault(check.field, set())
         for pos in unexpected:
+            if check.got != "type" and pos in typed_out:
+                continue  # a value of the wrong type gets that one reason, not one per rule it then breaks
             reasons.setdefault(pos, []).append(f"{check.field}: expected {expected}{_got(check, original, pos)}")
         if check.got == "type":
-            wrong_type.setdefault(check.field, set()).update(unexpected)
+            typed_out.update(unexpected)
     for col, rows in wrong_type.items():
-        if n and len(rows) == n:
+        if n and len(rows) == n and any(c.field == col and c.got == "type" for c in checks):
             expected = next(c.expected for c in checks if c.field == col and c.got == "type")
             failures.append(f"column {col}: no row has the expected type ({expected})")
     full = result.to_json_dict()

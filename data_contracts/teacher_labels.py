@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_contracts.checks import check_args, first_occurrence, in_set, row_count, schema, strings, \
+from data_contracts.checks import check_args, first_occurrence, in_set, present, row_count, schema, strings, \
     validate_rows
 from data_contracts.gx_engine import Check, run
 from data_contracts.gx_results import collect
@@ -40,7 +40,7 @@ def _row_checks() -> list[Check]:
               expectation=lambda E: E.ExpectColumnValuesToBeRealNumbers(column="confidence")),
         Check("confidence_range", "confidence", "a number in [0, 1]",
               lambda E: E.ExpectColumnNumbersToBeBetween(column="confidence", min_value=0, max_value=1)),
-        strings("label", "a label name (string)", non_empty=False),
+        present("label", "a label name (string)"),  # any other value fails the label set below
         in_set("label", "labels", "one of the configured labels"),
         Check("label_argmax", "label", "the label with the highest probability in probs (probs ordered like labels)",
               lambda E: E.ExpectMulticolumnLabelToBeArgmax(column_list=["label", "probs"],

@@ -96,7 +96,7 @@ def test_values_gx_cannot_serialize_or_hash_are_quarantined_not_a_batch_error():
     reasons = dict(zip(res.quarantined["message_id"], res.quarantined["reason"]))
     assert reasons["m1"] == "text: expected a string; got (1+2j) (complex)"
     assert reasons["m2"].startswith("text: expected a string; got <object object")
-    assert reasons["m3"] == "text: expected valid UTF-8 (no lone surrogates)"
+    assert reasons["m3"] == "text: expected valid UTF-8 (no lone surrogates); got 'lone \\\\udfff'"
     fb = pd.DataFrame({"device_id": pd.Series(["dev-abcd", "dev-\ud800bcd"], dtype=object), "model_version": "7",
                        "message_id": ["a", "b"], "predicted": "cancel_order", "accepted": True,
                        "corrected_label": None, "at": NOW - pd.Timedelta(minutes=1)})
@@ -153,3 +153,11 @@ def test_label_drift_is_a_gx_expectation_on_the_accepted_rows():
     assert res.results_json["drift"]["value"] == 0.5 and res.results_json["drift"]["status"] == "failed"
     assert "label distribution: expected a total variation distance from the seed distribution of at most 0.25 " \
            "(over 100 rows); got 0.500" in res.batch_failures
+
+
+def test_a_value_of_the_wrong_type_gets_one_reason_not_one_per_rule():
+    res = validate_raw_messages(raw(["a", "b", "c"], message_id=[7, 7, "ok"]), LABELS, now=NOW)
+    # GX's result does find the repeated 7; the reason stays the type's, as it was before GX ran the rules.
+    [dupe] = failed(res, "expect_column_values_to_be_first_occurrence")
+    assert dupe["result"]["unexpected_index_list"] == [1]
+    assert res.quarantined["reason"].tolist() == ["message_id: expected a non-empty string; got 7 (int)"] * 2
