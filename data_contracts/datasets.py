@@ -134,12 +134,73 @@ def split_dataset(df: pd.DataFrame, cfg: DatasetConfig) -> Split:
     return Split(frames["seed"], frames["stream"], frames["golden"], labels, h.hexdigest()[:16])
 
 
+def role_files(cfg: DatasetConfig, patterns: list[str], role: str) -> list[Path]:
+    """The files a role names (paths or globs), in a stable order; an empty match is an error."""
+    import glob
+
+    files: list[Path] = []
+    for pattern in patterns:
+        p = cfg.resolved_path(pattern)
+        matched = sorted(Path(m) for m in glob.glob(str(p))) if glob.has_magic(str(p)) else [p]
+        if not matched:
+            raise DatasetError(f"dataset.{role}_path: {pattern!r} matches no file")
+        files += matched
+    return list(dict.fromkeys(files))
+
+
+def _load_role(cfg: DatasetConfig, patterns: list[str], role: str) -> pd.DataFrame:
+    frames = [load_dataset(cfg, path=f) for f in role_files(cfg, patterns, role)]
+    return pd.concat(frames, ignore_index=True).drop_duplicates("message_id").reset_index(drop=True)
+
+
+def roles_split(seed: pd.DataFrame, golden: pd.DataFrame, cfg: DatasetConfig) -> Split:
+    """The shop's own seed and golden sets as a split with no stream, checked for overlap.
+
+    Overlap is judged by the id of the redacted text (what the lake stores): two messages that differ
+    only in an order number are the same message to the model.
+    """
+    from edge.redact import redact
+
+    def ids(df: pd.DataFrame) -> pd.Series:
+        return df["text"].map(lambda t: message_id(redact(t)[0]))
+
+    unseen = sorted(set(golden["label"]) - set(seed["label"]))
+    if unseen:
+        raise DatasetError(f"golden labels {unseen[:10]} ({len(unseen)} in all) have no seed example: the "
+                           f"model cannot learn them; add seed rows or drop them from the golden file(s)")
+    seed_ids = ids(seed)
+    shared = seed_ids.isin(set(ids(golden)))
+    if shared.any():
+        n = int(shared.sum())
+        if cfg.overlap == "refuse":
+            raise DatasetError(f"{n} seed message(s) are also in golden (same message id after redaction), "
+                               f"e.g. {seed.loc[shared, 'text'].iloc[0][:80]!r}: a test set must be unseen. Remove "
+                               f"them, or set dataset.overlap: report to drop them from the seed")
+        log.warning("%d seed message(s) are also in golden: dropped from the seed (dataset.overlap: report)", n)
+        seed = seed[~shared].reset_index(drop=True)
+    h = hashlib.sha256()
+    for name, part in (("seed", seed), ("golden", golden)):
+        h.update(name.encode())
+        h.update("\n".join(sorted(part["message_id"])).encode())
+    stream = seed.iloc[0:0]
+    return Split(seed, stream, golden.reset_index(drop=True), sorted(seed["label"].unique().tolist()),
+                 h.hexdigest()[:16])
+
+
 _SPLITS: dict[str, Split] = {}
 
 
 def load_split(cfg: DatasetConfig) -> Split:
-    """Load and split the configured data set (memoised per configuration within a process)."""
+    """Load and split the configured data set (memoised per configuration within a process).
+
+    With ``seed_path`` and ``golden_path`` the shop's own files are the seed and golden sets and
+    there is no split and no replayed stream; otherwise ``path`` is split by the fractions.
+    """
     key = cfg.model_dump_json()
     if key not in _SPLITS:
-        _SPLITS[key] = split_dataset(load_dataset(cfg), cfg)
+        if cfg.has_roles:
+            _SPLITS[key] = roles_split(_load_role(cfg, cfg.seed_path, "seed"),
+                                       _load_role(cfg, cfg.golden_path, "golden"), cfg)
+        else:
+            _SPLITS[key] = split_dataset(load_dataset(cfg), cfg)
     return _SPLITS[key]

@@ -49,9 +49,26 @@ class DatasetConfig(_Section):
     split_seed: int = 13
     stream_batch_size: int = Field(400, gt=0, description="Stream rows replayed per night.")
     max_rows: int | None = Field(None, gt=0, description="Use only this many rows (quick runs).")
+    seed_path: list[str] = Field(default_factory=list, description="The shop's own seed file(s) or globs "
+                                 "(gold labels, the cold start). With golden_path: no split of `path`.")
+    golden_path: list[str] = Field(default_factory=list, description="The shop's own frozen test file(s) "
+                                   "or globs; never trained on.")
+    overlap: Literal["refuse", "report"] = Field(
+        "refuse", description="Seed and golden texts that are the same message (by id after redaction): "
+        "refuse = stop with the count; report = log the count and drop them from the seed.")
+
+    @field_validator("seed_path", "golden_path", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if v is None or v == "":
+            return []
+        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _fractions_leave_a_stream(self) -> "DatasetConfig":
+        if bool(self.seed_path) != bool(self.golden_path):
+            raise ValueError("dataset.seed_path and dataset.golden_path go together: set both (the shop's "
+                             "own seed and test files) or neither (one file split by the seed/golden fractions)")
         if self.seed_fraction + self.golden_fraction >= 1:
             raise ValueError(
                 f"dataset.seed_fraction ({self.seed_fraction}) + dataset.golden_fraction "
@@ -60,9 +77,15 @@ class DatasetConfig(_Section):
             raise ValueError("dataset.json_keys must name at least one list when format is json_splits")
         return self
 
-    def resolved_path(self) -> Path:
-        p = Path(self.path).expanduser()
-        return p if p.is_absolute() else REPO_ROOT / p
+    def resolved_path(self, path: str | None = None) -> Path:
+        """``path`` (default: :attr:`path`) as given when absolute or present, else in the repository."""
+        p = Path(self.path if path is None else path).expanduser()
+        return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+    @property
+    def has_roles(self) -> bool:
+        """True when the shop names its own seed and golden files (no split)."""
+        return bool(self.seed_path)
 
 
 class TeacherConfig(_Section):
