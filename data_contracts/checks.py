@@ -4,11 +4,12 @@
    (``expect_table_columns_to_match_set`` / ``expect_column_to_exist``). A missing or extra column
    stops here: no row can be judged, every row is quarantined with the schema failure as its
    reason and the failure is in ``batch_failures``.
-2. **Rows**: one GX Checkpoint validates the input frame itself, values as given, with one
-   expectation per rule (see :mod:`data_contracts.expectations`); each row-level expectation's
+2. **Rows**: one GX Checkpoint validates the input frame itself, values as given (but for the
+   stand-ins GX needs, see :func:`data_contracts.gx_engine.run`), with one expectation per rule
+   (see :mod:`data_contracts.expectations`); each row-level expectation's
    ``unexpected_index_list`` becomes a reason on those rows ("text: expected at most 2000
-   characters; got 1000000 characters"). Table-level expectations and a contract's own batch
-   checks become batch failures.
+   characters; got 1000000 characters"), a wrong-typed value getting its type reason only.
+   Table-level expectations and a contract's own batch checks become batch failures.
 3. **Accounting**: ``rows_in == rows_accepted + rows_quarantined`` always; a row is never dropped.
 
 Data-dependent values (label set, bounds, "now", model versions) are suite parameters

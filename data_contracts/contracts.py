@@ -1,16 +1,18 @@
 """Data contracts: Great Expectations suites that split a frame into accepted and quarantined rows.
 
 The public entry: ``raw_messages@1``, ``feedback@1`` and ``no_pii@1`` here, ``teacher_labels@1`` in
-:mod:`data_contracts.teacher_labels`, the result and report in :mod:`data_contracts.report`.
-How a contract runs (schema, then rows, then accounting) is in :mod:`data_contracts.checks`;
-the GX context, Checkpoints and Data Docs in :mod:`data_contracts.gx_engine`; the custom GX
-expectations in :mod:`data_contracts.expectations`. Every rule is one GX expectation, so a GX
-result names the rule (``expect_column_value_lengths_to_be_between`` on ``text``,
-``max_value=2000``) and a quarantined row carries the readable reason ("text: expected at most
-2000 characters; got 1000000 characters"). Great Expectations is imported lazily: importing this
-module does not import it.
+:mod:`data_contracts.teacher_labels`, :class:`ContractResult` and :func:`write_report` in
+:mod:`data_contracts.report` (the report's last file is the night's GX Data Docs
+``<out_dir>/data_docs/index.html``). How a contract runs (schema, then rows, then accounting) is
+in :mod:`data_contracts.checks`; the GX context, Checkpoints and the Data Docs build in
+:mod:`data_contracts.gx_engine`; GX results to reasons in :mod:`data_contracts.gx_results`; the
+custom GX expectations in :mod:`data_contracts.expectations` (metrics in
+:mod:`data_contracts.gx_metrics`). Every rule is one GX expectation, so a GX result names the
+rule (``expect_column_string_lengths_to_be_between`` on ``text``, ``max_value=2000``) and a
+quarantined row carries the readable reason ("text: expected at most 2000 characters; got
+1000000 characters"). Great Expectations is imported lazily: importing this module does not
+import it.
 """
-
 from __future__ import annotations
 
 from datetime import datetime

@@ -5,8 +5,8 @@ Importing this module imports GX and registers the expectations and their metric
 expectation asks one question of one value (or of one row of a few columns), so a GX result reads
 as the rule: ``expect_column_values_to_be_valid_utf8(column="text")``.
 
-Values of other types pass a rule that is not about them (type rules catch those), so one bad
-value gives one reason. The ``Strings``/``Numbers``/``Timestamps`` variants of built-ins keep the
+Values of other types pass a rule that is not about them (type rules catch those). The
+``Strings``/``Numbers``/``Timestamps`` variants of built-ins keep the
 built-in's parameters and Data Docs rendering but skip such values: the built-ins cast with
 ``astype(str)`` (pandas 3 makes that pyarrow strings, which refuse lone surrogates) or compare
 mixed types, and would fail for the whole batch instead of for one row.

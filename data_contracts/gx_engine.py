@@ -151,7 +151,11 @@ def checkpoint(name: str, checks: list[Check]) -> Any:
 
 
 def run(name: str, checks: list[Check], frame: pd.DataFrame, params: dict[str, Any]) -> Any:
-    """Run the Checkpoint ``name`` on ``frame``; return its one ExpectationSuiteValidationResult."""
+    """Run the Checkpoint ``name`` on ``frame``; return its one ExpectationSuiteValidationResult.
+
+    The frame goes to GX as it is; only if GX fails on a hostile value (a lone surrogate, an
+    object it cannot write to JSON) does it run again on :func:`_gx_safe` stand-ins.
+    """
     frame = frame.reset_index(drop=True)  # GX reports row labels; ours are positions
     with _LOCK:
         cp = checkpoint(name, checks)
