@@ -40,6 +40,8 @@ class Batch:
     key: str  # ledger key: content hash or the new watermark
     rows: pd.DataFrame  # message_id, text, gold_label
     commit: Callable[[], None] = field(repr=False, default=lambda: None)
+    #: Set for items that can be set aside whole (an inbox file): called with the reason.
+    reject: Callable[[str], None] | None = field(repr=False, default=None)
 
 
 @dataclass
@@ -135,7 +137,10 @@ def read_inbox(url: str, read_file: Callable[[Path], pd.DataFrame], seen: Callab
             record(digest, {"name": name, "rows": n})
             _move(fs, path, PROCESSED)
 
-        batches.append(Batch("inbox", name, digest, rows, commit))
+        def reject(reason: str, path=path) -> None:
+            _move(fs, path, REJECTED, reason)
+
+        batches.append(Batch("inbox", name, digest, rows, commit, reject))
     return batches, rejected
 
 

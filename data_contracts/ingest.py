@@ -1,20 +1,22 @@
-"""Tonight's arrivals into the lake: redact, validate, quarantine, append.
+"""Tonight's arrivals into the lake: redact, validate, quarantine, append, commit.
 
-Arrivals are the next replayed stream batch, or a shop's export given as a file. Seed rows (gold
+Arrivals are the inbox's new files, the SQL source's new rows, the next replayed stream batch
+(the bundled demo), or a one-off export given as a file (:mod:`data_contracts.arrivals`). Seed rows (gold
 labels, the cold start) are ingested on the first night. PII is redacted before any row, accepted
 or quarantined, is written, and every row in is accounted for: accepted + quarantined.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
+from data_contracts.arrivals import Batch, Rejected, read_inbox, read_sql
 from data_contracts.datasets import Split, load_dataset, message_id
 from data_contracts.lake import Lake
 from edgeloop.config import ContractsConfig, Settings
@@ -35,6 +37,8 @@ class IngestReport:
     rows_added: int
     seed_rows_added: int
     redactions: dict[str, int] = field(default_factory=dict)
+    items: list[dict] = field(default_factory=list)  # per source item: rows in / accepted / added / quarantined
+    files_rejected: list[dict] = field(default_factory=list)  # whole items set aside, with the reason
     contracts: list[dict] = field(default_factory=list)
     batch_failures: list[str] = field(default_factory=list)
     report_files: list[str] = field(default_factory=list)
@@ -57,24 +61,69 @@ def redact_messages(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     return out, counts
 
 
+def replays_stream(settings: Settings) -> bool:
+    """Whether the split's stream is replayed as arrivals (the bundled demo's default)."""
+    a = settings.arrivals
+    if a.replay_stream is not None:
+        return a.replay_stream
+    return not (a.inbox or a.sql.url or settings.dataset.has_roles)
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    return df.rename(columns={"label": "gold_label"})[["message_id", "text", "gold_label"]]
+
+
 def arrivals(settings: Settings, split: Split, lake: Lake, night: str,
-             input_file: str | None) -> tuple[pd.DataFrame, str, int | None]:
-    """Tonight's raw rows (``message_id, text, gold_label``), their source and stream batch index."""
+             input_file: str | None) -> tuple[list[Batch], list[Rejected], int | None]:
+    """Tonight's batches (rows ``message_id, text, gold_label`` each), refused files, stream index.
+
+    ``input_file`` is a one-off import and replaces every other source tonight. Otherwise the
+    inbox, the SQL source and (for the demo) the replayed stream each give their batches.
+    """
     if input_file:
         df = load_dataset(settings.dataset, path=Path(input_file), require_labels=False)
-        return df.rename(columns={"label": "gold_label"}), "import", None
-    record = lake.night_record(night)
-    if record and record.get("batch_index") is not None:
-        index = int(record["batch_index"])
-    else:
-        index = sum(1 for r in lake.nights() if r.get("source") == "stream")
-    batch = split.stream_batch(index, settings.dataset.stream_batch_size)
-    # The stream's labels stay hidden: the teacher labels these rows.
-    return batch.assign(gold_label=None)[["message_id", "text", "gold_label"]], "stream", index
+        return [Batch("import", Path(input_file).name, "", _labelled(df))], [], None
+    batches: list[Batch] = []
+    rejected: list[Rejected] = []
+    if settings.arrivals.inbox:
+        def read(path: Path) -> pd.DataFrame:
+            return _labelled(load_dataset(settings.dataset, path=path, require_labels=False))
+
+        found, rejected = read_inbox(settings.arrivals.inbox, read, lambda h: lake.source_record("inbox", h),
+                                     lambda h, rec: lake.record_source("inbox", h, {**rec, "night": night}))
+        batches += found
+    if settings.arrivals.sql.url:
+        batches += _sql_batches(settings, lake, night)
+    index = None
+    if replays_stream(settings):
+        record = lake.night_record(night)
+        if record and record.get("batch_index") is not None:
+            index = int(record["batch_index"])
+        else:
+            index = sum(1 for r in lake.nights() if r.get("batch_index") is not None)
+        batch = split.stream_batch(index, settings.dataset.stream_batch_size)
+        # The stream's labels stay hidden: the teacher labels these rows.
+        batches.append(Batch("stream", f"stream batch {index}", str(index),
+                             batch.assign(gold_label=None)[["message_id", "text", "gold_label"]]))
+    return batches, rejected, index
+
+
+def _sql_batches(settings: Settings, lake: Lake, night: str) -> list[Batch]:
+    sql = settings.arrivals.sql
+    mark = lake.source_record("sql", "watermark")
+    rows, new = read_sql(sql.url, table=sql.table, query=sql.query, watermark_column=sql.watermark_column,
+                         id_column=sql.id_column, text_column=sql.text_column or settings.dataset.text_column,
+                         label_column=sql.label_column, watermark=mark, limit=sql.batch_limit)
+    if new is None:
+        return []
+    rows = rows.assign(message_id=None)[["message_id", "text", "gold_label"]]
+    return [Batch("sql", f"{len(rows)} row(s) of {sql.table or 'the query'}", json.dumps(new, sort_keys=True),
+                  rows, lambda: lake.record_source("sql", "watermark", {**new, "night": night}))]
 
 
 def screen_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
-                     contracts: ContractsConfig | None = None) -> tuple[int, list, dict[str, int]]:
+                     contracts: ContractsConfig | None = None,
+                     quarantine_on_failure: bool = True) -> tuple[int, list, dict[str, int]]:
     """Redact ``rows``, run the raw and no-PII contracts, quarantine rejects, append the rest.
 
     Returns (rows added to the lake, [raw result, no-PII result], redaction counts). Nothing is
@@ -87,24 +136,39 @@ def screen_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[s
     raw = validate_raw_messages(redacted, labels, min_rows=c.min_rows, max_chars=c.max_chars,
                                 min_chars=c.min_chars, now=now)
     pii = validate_no_pii(raw.accepted)
-    for result in (raw, pii):
-        lake.quarantine(result.quarantined, at=now)
-    added = lake.append_messages(pii.accepted, source=source, received_at=now) if raw.ok and pii.ok else 0
+    ok = raw.ok and pii.ok
+    if ok or quarantine_on_failure:  # a batch set aside whole keeps its rows in its own file instead
+        for result in (raw, pii):
+            lake.quarantine(result.quarantined, at=now)
+    added = lake.append_messages(pii.accepted, source=source, received_at=now) if ok else 0
     return added, [raw, pii], counts
 
 
-def _validate_and_store(lake: Lake, rows: pd.DataFrame, source: str, labels: list[str], now: datetime,
-                        report: IngestReport, results: list, settings: Settings) -> int:
-    added, (raw, pii), counts = screen_and_store(lake, rows, source, labels, now, settings.contracts)
+def _store_batch(lake: Lake, batch: Batch, labels: list[str], now: datetime, report: IngestReport,
+                 results: list, settings: Settings) -> int:
+    """Screen and store one batch and commit it; an inbox file that fails a batch check is set aside."""
+    added, (raw, pii), counts = screen_and_store(lake, batch.rows, batch.source, labels, now, settings.contracts,
+                                                 quarantine_on_failure=batch.reject is None)
+    failures = [f"{r.contract}: {f}" for r in (raw, pii) for f in r.batch_failures]
+    if failures and batch.reject is not None:  # the file goes to rejected/ whole; the other files go on
+        reason = f"{batch.name}: " + "; ".join(failures)
+        batch.reject(reason)
+        report.files_rejected.append({"source": batch.source, "name": batch.name, "reason": reason})
+        return 0
     for k, v in counts.items():
         report.redactions[k] = report.redactions.get(k, 0) + int(v)
     results += [raw, pii]
     for result in (raw, pii):
-        report.contracts.append({**result.summary(), "source": source})
-        report.batch_failures += [f"{result.contract}: {f}" for f in result.batch_failures]
+        report.contracts.append({**result.summary(), "source": batch.source, "item": batch.name})
+    report.batch_failures += failures
     report.rows_in += raw.rows_in
     report.rows_accepted += pii.rows_accepted
     report.rows_quarantined += raw.rows_quarantined + pii.rows_quarantined
+    report.items.append({"source": batch.source, "name": batch.name, "rows_in": raw.rows_in,
+                         "rows_accepted": pii.rows_accepted, "rows_added": added,
+                         "rows_quarantined": raw.rows_quarantined + pii.rows_quarantined})
+    if not failures:
+        batch.commit()  # after the append: a kill before this re-reads the item, and the lake dedups
     return added
 
 
@@ -112,15 +176,20 @@ def ingest_night(settings: Settings, split: Split, lake: Lake, night: str, input
                  now: datetime | None = None) -> IngestReport:
     """Ingest the seed (first night only, idempotent) and tonight's arrivals into ``lake``."""
     now = now or datetime.now(timezone.utc)
-    rows, source, index = arrivals(settings, split, lake, night, input_file)
-    report = IngestReport(night, source, index, 0, 0, 0, 0, 0)
+    batches, rejected, index = arrivals(settings, split, lake, night, input_file)
+    source = "+".join(dict.fromkeys(b.source for b in batches)) or "none"
+    report = IngestReport(night, source, index, 0, 0, 0, 0, 0,
+                          files_rejected=[{"source": r.source, "name": r.name, "reason": r.reason} for r in rejected])
     results: list = []
     if not lake.has_source("seed"):  # cold start: the gold-labelled seed goes in once
-        seed = split.seed.rename(columns={"label": "gold_label"})
-        report.seed_rows_added = _validate_and_store(lake, seed, "seed", split.labels, now, report, results, settings)
-    if not rows.empty:
-        report.rows_added = _validate_and_store(lake, rows, source, split.labels, now, report, results, settings)
-    elif source == "stream":
+        seed = Batch("seed", "seed", "", _labelled(split.seed))
+        report.seed_rows_added = _store_batch(lake, seed, split.labels, now, report, results, settings)
+    for batch in batches:
+        if batch.rows.empty:
+            batch.commit()
+            continue
+        report.rows_added += _store_batch(lake, batch, split.labels, now, report, results, settings)
+    if index is not None and not any(b.source == "stream" and len(b.rows) for b in batches):
         log.warning("the replayed stream is used up (batch %s): tonight trains on what the lake holds", index)
     from data_contracts.contracts import write_report
 
@@ -129,119 +198,10 @@ def ingest_night(settings: Settings, split: Split, lake: Lake, night: str, input
     if report.ok:
         lake.record_night(night, {"night": night, "source": source, "batch_index": index,
                                   "input_file": input_file, "rows_added": report.rows_added,
-                                  "ingested_at": now.isoformat()})
-    log.info("ingest %s: %d in, %d accepted, %d quarantined, %d new in the lake (seed +%d); redactions %s",
-             source, report.rows_in, report.rows_accepted, report.rows_quarantined, report.rows_added,
-             report.seed_rows_added, report.redactions)
+                                  "files_rejected": len(report.files_rejected), "ingested_at": now.isoformat()})
+    log.info("ingest %s: %d in, %d accepted, %d quarantined, %d new in the lake (seed +%d), %d file(s) rejected; "
+             "redactions %s", source, report.rows_in, report.rows_accepted, report.rows_quarantined,
+             report.rows_added, report.seed_rows_added, len(report.files_rejected), report.redactions)
+    for r in report.files_rejected:
+        log.warning("rejected %s", r["reason"])
     return report
-
-
-# ---- edge feedback ----------------------------------------------------------------------------
-@dataclass
-class FeedbackReport:
-    """What one feedback ingest did; ``events_in == events_accepted + events_quarantined``."""
-
-    files: int = 0
-    events_in: int = 0
-    events_seen_before: int = 0
-    events_accepted: int = 0
-    events_quarantined: int = 0
-    events_added: int = 0
-    corrections_added: int = 0
-    messages_added: int = 0
-    contracts: list[dict] = field(default_factory=list)
-    moved_to: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-_EVENT_KEY = ["device_id", "message_id", "at"]  # what feedback@1 keeps unique
-
-
-def _validated_events(fresh: pd.DataFrame, labels: list[str], known_versions: set[str], now: datetime):
-    """Run feedback@1 on the contract's columns and give accepted rows back their event_id and text."""
-    from data_contracts.contracts import FEEDBACK_COLUMNS, validate_feedback
-
-    result = validate_feedback(fresh[FEEDBACK_COLUMNS], labels, known_versions, now=now)
-    # The contract keeps the first of each (device, message, at), so that key finds the row again.
-    extra = fresh.drop_duplicates(_EVENT_KEY)[_EVENT_KEY + ["event_id", "text"]]
-    accepted = result.accepted.merge(extra, on=_EVENT_KEY, how="left", validate="one_to_one")
-    return result, accepted
-
-
-def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str], known_versions: set[str],
-                    now: datetime | None = None, contracts: ContractsConfig | None = None) -> FeedbackReport:
-    """Feedback files in ``inbox`` into the lake; processed files move to ``processed/<date>/``.
-
-    Events are validated with ``feedback@1`` (rejects are quarantined, never dropped). A corrected
-    prediction becomes gold: a correction (``lake.append_corrections``) and, with its redacted
-    text, a message with ``source="feedback"`` and the corrected label. Accepted predictions are
-    *not* gold (users accept wrong answers out of habit, and the model would learn its own
-    mistakes); their text comes in unlabeled, so the teacher labels real device traffic, and the
-    event itself measures the canary. Idempotent: events already in ``lake/feedback`` (by
-    ``event_id``) are skipped, the events are written last (after messages and corrections) and
-    files move only after every write succeeded, so a crash at any point is repaired by a rerun.
-    """
-    from data_contracts.feedback_inbox import collect_feedback
-    from edge.feedback import FIELDS
-
-    now = now or datetime.now(timezone.utc)
-    inbox, processed = Path(inbox), Path(processed)
-    files = sorted(inbox.rglob("*.jsonl")) if inbox.is_dir() else []  # snapshot: later drops wait
-    report = FeedbackReport(files=len(files))
-    if not files:
-        return report
-    events = pd.DataFrame(collect_feedback(inbox), columns=list(FIELDS))
-    # Devices write ISO strings; the contract checks real timestamps (unparseable → NaT → quarantined).
-    events["at"] = pd.to_datetime(events["at"], utc=True, format="ISO8601", errors="coerce")
-    fresh = events[~events["event_id"].isin(set(lake.feedback()["event_id"]))].reset_index(drop=True)
-    report.events_in, report.events_seen_before = len(fresh), len(events) - len(fresh)
-    if len(fresh):
-        result, accepted = _validated_events(fresh, labels, known_versions, now)
-        lake.quarantine(result.quarantined, at=now)
-        report.contracts.append(result.summary())
-        report.events_accepted, report.events_quarantined = result.rows_accepted, result.rows_quarantined
-        _store_feedback(lake, accepted, labels, now, report, contracts)
-    report.moved_to = str(_move_processed(files, inbox, processed / f"{now:%Y-%m-%d}"))
-    log.info("feedback: %d file(s), %d new event(s), %d accepted, %d quarantined, %d correction(s), "
-             "%d message(s) added", report.files, report.events_in, report.events_accepted,
-             report.events_quarantined, report.corrections_added, report.messages_added)
-    return report
-
-
-def _store_feedback(lake: Lake, accepted: pd.DataFrame, labels: list[str], now: datetime,
-                    report: FeedbackReport, contracts: ContractsConfig | None) -> None:
-    corrected = accepted[accepted["corrected_label"].notna()]
-    with_text = accepted[accepted["text"].map(lambda v: isinstance(v, str) and bool(v.strip()))]
-    if len(with_text):
-        rows = pd.DataFrame({"message_id": with_text["message_id"].values, "text": with_text["text"].values,
-                             "gold_label": with_text["corrected_label"].astype(object).where(
-                                 with_text["corrected_label"].notna(), None).values})
-        # A correction wins over an earlier accept of the same message.
-        rows = rows.iloc[::-1].drop_duplicates("message_id").iloc[::-1]
-        report.messages_added = _feedback_messages(lake, rows, labels, now, report, contracts)
-    if len(corrected):
-        report.corrections_added = lake.append_corrections(pd.DataFrame({
-            "message_id": corrected["message_id"].astype(str).values,
-            "gold_label": corrected["corrected_label"].astype(str).values,
-            "at": pd.to_datetime(corrected["at"], utc=True, format="ISO8601").values}))
-    report.events_added = len(lake.append_feedback(accepted))  # last: it marks the events as done
-
-
-def _feedback_messages(lake: Lake, rows: pd.DataFrame, labels: list[str], now: datetime,
-                       report: FeedbackReport, contracts: ContractsConfig | None) -> int:
-    """Feedback texts through the same redaction and raw/no-PII contracts as any arrival."""
-    added, results, _ = screen_and_store(lake, rows, "feedback", labels, now, contracts)
-    report.contracts += [{**r.summary(), "source": "feedback"} for r in results]
-    return added
-
-
-def _move_processed(files: list[Path], inbox: Path, dest: Path) -> Path:
-    for path in files:
-        target = dest / path.relative_to(inbox)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # the same name delivered twice in a day: keep both
-            target = target.with_name(f"{target.stem}-{datetime.now(timezone.utc):%H%M%S%f}{target.suffix}")
-        os.replace(path, target)
-    return dest

@@ -224,8 +224,21 @@ class Lake:
         return [json.loads(self.fs.cat_file(p)) for p in sorted(self.fs.find(folder)) if p.endswith(".json")]
 
     def record_night(self, night: str, record: dict) -> None:
-        folder = self._path("nights")
+        self._put_json("nights", night, record)
+
+    # ---- arrival sources' ledger (inbox files by content hash, the SQL watermark) ----------------
+    def source_record(self, kind: str, key: str) -> dict | None:
+        """What the ledger holds for ``key`` of source ``kind`` (e.g. an inbox file's hash), or None."""
+        p = self._path("sources", kind, f"{key}.json")
+        return json.loads(self.fs.cat_file(p)) if self.fs.exists(p) else None
+
+    def record_source(self, kind: str, key: str, record: dict) -> None:
+        """Commit ``record`` for ``key`` of source ``kind`` (written whole: a temporary name, then a rename)."""
+        self._put_json(f"sources/{kind}", key, record)
+
+    def _put_json(self, folder: str, name: str, record: dict) -> None:
+        folder = self._path(folder)
         self.fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/.{night}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         self.fs.pipe_file(tmp, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
-        self.fs.mv(tmp, f"{folder}/{night}.json")
+        self.fs.mv(tmp, f"{folder}/{name}.json")

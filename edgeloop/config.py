@@ -204,6 +204,35 @@ class BundleConfig(_Section):
     canary_min_events: int = Field(20, ge=1, description="Feedback events needed before judging a canary.")
 
 
+class SqlArrivalsConfig(_Section):
+    """A SQL table (or query) of new messages, read past a committed (watermark, id) each night."""
+
+    url: str = Field("", description="SQLAlchemy URL, e.g. postgresql+psycopg2://reader@db/helpdesk; empty = off.")
+    table: str = Field("", description="Table (schema.table) to read; or set `query`.")
+    query: str = Field("", description="A SELECT to read instead of a table (it is wrapped, not edited).")
+    watermark_column: str = Field("created_at", description="Increasing column rows are read past.")
+    id_column: str = Field("id", description="Unique column that breaks watermark ties.")
+    text_column: str = Field("", description="Message text column; empty = dataset.text_column.")
+    label_column: str = Field("", description="Gold label column, if the table has one; empty = none.")
+    batch_limit: int = Field(100_000, gt=0, description="At most this many rows a night (the rest wait).")
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> "SqlArrivalsConfig":
+        if self.url and bool(self.table) == bool(self.query):
+            raise ValueError("arrivals.sql: set exactly one of `table` or `query` with `url`")
+        return self
+
+
+class ArrivalsConfig(_Section):
+    """Where each night's new messages come from (besides device feedback)."""
+
+    inbox: str = Field("", description="Folder or fsspec URL prefix (s3://bucket/inbox) of export files in "
+                       "the dataset's format; each file is ingested once, then moved to processed/.")
+    sql: SqlArrivalsConfig = Field(default_factory=SqlArrivalsConfig)
+    replay_stream: bool | None = Field(None, description="Replay the split's stream as arrivals (the bundled "
+                                       "demo); None = only when no inbox, SQL source or seed/golden files are set.")
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("", description="Empty = sqlite:///<home>/mlflow.db.")
     artifact_root: str = Field("", description="Empty = <home>/mlartifacts.")
@@ -231,6 +260,9 @@ class Settings(BaseSettings):
     contracts: ContractsConfig = Field(default_factory=ContractsConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    arrivals: ArrivalsConfig = Field(default_factory=ArrivalsConfig)
+    schedule_timezone: str = Field("UTC", description="Timezone of the nightly schedule: a scheduled run's "
+                                   "night is its scheduled date there (EDGELOOP_TZ sets it too).")
     lake_url: str = Field("", description="Root of the lake: a folder or an fsspec URL (s3://bucket/lake); "
                           "empty = <home>/lake.")
     torch_threads: int = Field(0, ge=0, description="0 = let torch decide.")

@@ -23,6 +23,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 ENV_PREFIX = "EDGELOOP__"
 ENV_DELIMITER = "__"
 HOME_SHORTCUT = "EDGELOOP_HOME"
+TZ_SHORTCUT = "EDGELOOP_TZ"  # the same variable prefect.yaml's schedule reads
 CONFIG_ENV = "EDGELOOP_CONFIG"
 DEFAULT_CONFIG_FILE = "edgeloop.yaml"
 
@@ -110,8 +111,10 @@ def file_and_env_sources(settings_cls: type[BaseSettings], environ: Mapping[str,
     environ = dict(os.environ if environ is None else environ)
     sources: list[PydanticBaseSettingsSource] = [
         EnvSource(settings_cls, {**environ, **assignments_as_env(assignments)})]
-    if environ.get(HOME_SHORTCUT):
-        sources.append(InitSettingsSource(settings_cls, {"home": environ[HOME_SHORTCUT]}))
+    shortcuts = {key: environ[var] for var, key in ((HOME_SHORTCUT, "home"), (TZ_SHORTCUT, "schedule_timezone"))
+                 if environ.get(var)}
+    if shortcuts:
+        sources.append(InitSettingsSource(settings_cls, shortcuts))
     path = path or environ.get(CONFIG_ENV) or (DEFAULT_CONFIG_FILE if Path(DEFAULT_CONFIG_FILE).is_file() else None)
     if path:
         sources.append(YamlSource(settings_cls, Path(path)))

@@ -257,7 +257,7 @@ def abort(settings: Settings, parent_run_id: str, exc: BaseException) -> None:
 def ingest_feedback(settings: Settings, lake: Lake, store: StudentStore, data: SplitRef, night: str,
                     parent_run_id: str) -> dict:
     """Device feedback from the inbox into the lake; corrected predictions become gold labels."""
-    from data_contracts.ingest import ingest_feedback as ingest_events
+    from data_contracts.feedback_ingest import ingest_feedback as ingest_events
     from models import registry
 
     known = {f"v{v}" for v in registry.list_versions(store.tracking_uri, store.name)}

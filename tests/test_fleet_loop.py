@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from data_contracts.ingest import ingest_feedback
+from data_contracts.feedback_ingest import ingest_feedback
 from data_contracts.lake import Lake
 from edge.device import Device
 from models import canary, registry, rollout
