@@ -153,9 +153,14 @@ class GateConfig(_Section):
 
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_macro_f1: float = Field(0.85, ge=0, le=1)
-    max_accuracy_drop: float = Field(0.005, ge=0, description="Allowed drop vs the champion.")
-    max_macro_f1_drop: float = Field(0.01, ge=0)
-    max_intent_f1_drop: float = Field(0.05, ge=0, description="Allowed per-intent F1 drop.")
+    # Candidate vs champion, paired on the same golden texts (models/significance.py): a drop blocks
+    # only when it is significant (one-sided exact McNemar; Holm across intents) AND at least this large.
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests (family-wise "
+                         "across intents, Holm).")
+    min_regression: float = Field(0.01, ge=0, le=1, description="Smallest overall accuracy drop worth blocking for.")
+    min_intent_regression: float = Field(0.10, ge=0, le=1, description="Smallest per-intent accuracy "
+                                         "(recall) drop worth blocking for.")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples for the reported CIs.")
     min_teacher_retention: float = Field(0.95, ge=0, le=1.5)
     # Budgets from issue 6's goals against the MiniLM teacher (91.6 MB, batch-1 p50 6-9 ms on a
     # 2-core CPU): 50x smaller is 1.8 MB; 20x faster is ~0.3-0.45 ms p50, so p95 gets 1 ms of

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from prefect import flow
 
 from data_contracts.lake import Lake
 from edgeloop.config import settings_from_json
 from flows.guard import exclusive_night, mark_completed
 from flows.relabel import relabel_all
+from flows.schedule import import_night, night_of, scheduled_start
 from models.stores import StudentStore
 from tasks import night as t
 from tasks import rollout
+from tasks.alerts import emit_gate_failed
 from tasks.common import load_data
 
 
@@ -20,8 +20,8 @@ class NightStopped(RuntimeError):
     """A batch-level contract failed: the night stops before training, the champion stays."""
 
 
-def _today() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+class InputNotIngested(RuntimeError):
+    """An explicit ``input_file`` would not be ingested (its import already ran, or a night is running)."""
 
 
 @flow(name="nightly", log_prints=True)
@@ -30,10 +30,13 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
     """One night of the loop.
 
     Args:
-        night: the night's date (YYYY-MM-DD, default today in UTC); rerunning a night re-ingests
-            the same stream batch, which adds nothing.
-        input_file: a shop's export of new messages (the configured format) to ingest instead of
-            the replayed stream.
+        night: the night's date (YYYY-MM-DD); default: a scheduled run's scheduled date in
+            ``schedule_timezone``, else today there. Rerunning a night adds nothing twice.
+        input_file: a shop's export of new messages (the configured format) to ingest tonight
+            instead of the other arrival sources. On a night already completed it runs as its
+            own import (ledger entry ``<night>+import-<hash>``); if that import ran too, or
+            another night is running, the run fails with the reason: an explicit input is never
+            silently dropped.
         config: settings overrides, e.g. ``{"student": {"epochs": 4}}``.
         force: run a night the ledger records as completed again (otherwise it is skipped).
 
@@ -41,8 +44,13 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
     running, or finds itself already completed, returns ``{"night": ..., "skipped": reason}``.
     """
     settings = settings_from_json(config)
-    night = night or _today()
+    night = night or night_of(scheduled_start(), settings.schedule_timezone)
+    if input_file and not force and Lake(settings.lake_root()).completed_night(night):
+        night = import_night(night, input_file)  # its own ledger entry, not a skip
     with exclusive_night(settings, night, force=force) as skipped:
+        if skipped and input_file:
+            raise InputNotIngested(f"{input_file} was not ingested: {skipped}. To import it again anyway: "
+                                   f"edgeloop night --night {night.split('+')[0]} --input {input_file} --force")
         if skipped:
             return {"night": night, "skipped": skipped}
         summary = _night(settings, night, input_file)
@@ -71,6 +79,9 @@ def _night(settings, night: str, input_file: str | None) -> dict:
         decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
         meta = t.lineage(settings, data, ref, night, run_id, evaluation)
         version = t.register(store, evaluation, candidate, decision, meta)
+        if not decision.passed:
+            emit_gate_failed(night=night, model_version=version, mlflow_run_id=run_id,
+                             failed_checks=[c.line() for c in decision.failed])
         published = rollout.promote(store, version, f"gate passed, night {night}", by,
                                     edge_dir=f"{candidate['folder']}/edge") if decision.passed else None
         summary = t.summarize(store, night, run_id, report, labeled, candidate, evaluation,

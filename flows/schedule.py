@@ -33,3 +33,22 @@ def scheduled_start() -> datetime | None:
     if run is None or not getattr(run, "auto_scheduled", False):
         return None
     return run.expected_start_time
+
+
+def import_night(night: str, input_file: str) -> str:
+    """The ledger name of a one-off import on an already completed ``night``: ``<night>+import-<hash>``.
+
+    Named by the file's content, so the same export imported twice is the same import (and is
+    refused the second time), while another file on the same date gets its own entry.
+    """
+    import hashlib
+    from pathlib import Path
+
+    path = Path(input_file)
+    if not path.is_file():
+        raise ValueError(f"--input {input_file}: no such file")
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{night}+import-{digest.hexdigest()[:10]}"

@@ -18,6 +18,7 @@ def render_card(name: str, version: str, decision: GateDecision, results: dict[s
              "## Gate checks", "", "| check | value | threshold | verdict | detail |", "|---|---|---|---|---|"]
     lines += [f"| {c.name} | {_fmt(c.value)} | {c.op} {_fmt(c.threshold)} | {'pass' if c.passed else 'FAIL'} "
               f"| {c.detail} |" for c in decision.checks]
+    lines += comparison_lines(decision.comparison)
     lines += ["", "## Golden set", "", "| model | accuracy | macro-F1 | agreement w/ teacher | size MB | p50 ms | p95 ms |",
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {k} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.agreement_with_teacher)} | "
@@ -26,6 +27,22 @@ def render_card(name: str, version: str, decision: GateDecision, results: dict[s
     lines += ["", "## Promotion history", ""]
     lines += history_lines(history)
     return "\n".join(lines) + "\n"
+
+
+def comparison_lines(rows: list[dict]) -> list[str]:
+    """Markdown table of the paired candidate-vs-champion slices that changed (overall always)."""
+    if not rows:
+        return []
+    out = ["", "## Candidate vs champion (paired, same golden texts)", "",
+           "| slice | n | champion | candidate | effect | worse / better | p (Holm) | 95% CI |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["slice"] != "overall" and not (r["worse"] or r["better"]):
+            continue
+        out.append(f"| {r['slice']} | {r['n']} | {r['champion_acc']:.4f} | {r['candidate_acc']:.4f} | "
+                   f"{r['effect']:+.4f} | {r['worse']} / {r['better']} | {r['p_adjusted']:.3g} | "
+                   f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] |")
+    return out
 
 
 def history_lines(history: list[dict]) -> list[str]:

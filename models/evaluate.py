@@ -26,6 +26,8 @@ class EvalResult:
     p50_ms: float | None = None
     p95_ms: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    gold: list[str] = field(default_factory=list)  # per golden text, for paired comparisons
+    predictions: list[str] = field(default_factory=list)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """Flat numeric metrics for MLflow (per-intent F1 as ``f1.<label_key(intent)>``)."""
@@ -64,7 +66,7 @@ def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[st
         n=n, accuracy=float(tp.sum() / n) if n else 0.0,
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         per_intent_f1={lbl: float(f1[i]) for i, lbl in enumerate(labels) if present[i]},
-        confusion=cm.tolist(), labels=list(labels))
+        confusion=cm.tolist(), labels=list(labels), gold=list(y_true), predictions=list(y_pred))
 
 
 def latency_ms(predict_one: Callable[[str], object], texts: list[str], runs: int = 200,

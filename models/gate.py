@@ -33,6 +33,8 @@ class Check:
 class GateDecision:
     passed: bool
     checks: list[Check] = field(default_factory=list)
+    #: Candidate vs champion per slice (overall, then each intent): effect, p, Holm p, CI.
+    comparison: list[dict] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Check]:
@@ -54,7 +56,7 @@ class GateDecision:
         return out
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks], "comparison": self.comparison}
 
 
 def _check(name: str, value: float | None, threshold: float | None, op: str, detail: str = "") -> Check:
@@ -64,13 +66,32 @@ def _check(name: str, value: float | None, threshold: float | None, op: str, det
     return Check(name, float(value), float(threshold), op, bool(ok), detail)
 
 
-def intent_tolerance(base: float, support: int) -> float:
-    """Allowed per-intent F1 drop: ``base``, widened for intents with few golden texts.
+def champion_checks(candidate: EvalResult, champion: EvalResult, cfg: GateConfig) -> tuple[list[Check], list[dict]]:
+    """No regression vs the champion, paired on the same golden texts, overall and per intent.
 
-    With n texts one flipped prediction moves F1 by about 1/n; a drop smaller than 1.5 flips'
-    worth is noise, not a regression.
+    A check fails only for a drop that is significant (one-sided exact McNemar; Holm-adjusted
+    across intents) and at least the configured effect; noise between equally good models passes.
+    Returns the two checks and the per-slice rows (effect, p, CI) for the card.
     """
-    return max(base, 1.5 / support) if support else base
+    from models.significance import compare_paired, regressions
+
+    if candidate.gold != champion.gold or not candidate.gold:
+        return [Check("no_regression_vs_champion", None, None, ">=", False,
+                      "candidate and champion were not evaluated on the same golden texts")], []
+    overall, intents = compare_paired(candidate.gold, champion.predictions, candidate.predictions,
+                                      resamples=cfg.bootstrap_resamples)
+    worse = regressions([overall], cfg.alpha, cfg.min_regression)
+    checks = [Check("no_regression_overall", overall.effect, -cfg.min_regression, ">=", not worse,
+                    f"p={overall.p_value:.3g} (alpha {cfg.alpha}), 95% CI [{overall.ci_low:+.4f}, "
+                    f"{overall.ci_high:+.4f}], {overall.worse} worse / {overall.better} better of {overall.n}")]
+    bad = regressions(intents, cfg.alpha, cfg.min_intent_regression)
+    worst = min(intents, key=lambda r: r.p_adjusted) if intents else None
+    detail = ("regressed: " + "; ".join(f"{r.slice} {r.effect:+.3f} (n={r.n}, p_holm={r.p_adjusted:.2g})" for r in bad)
+              if bad else f"most significant drop: {worst.slice} {worst.effect:+.3f} (n={worst.n}, "
+              f"p_holm={worst.p_adjusted:.2g})" if worst else "")
+    checks.append(Check("no_regression_per_intent", float(len(bad)), 0.0, "<=", not bad,
+                        f"{detail}; block needs p_holm < {cfg.alpha} and a drop >= {cfg.min_intent_regression}"))
+    return checks, [r.to_dict() for r in [overall, *intents]]
 
 
 #: Behaviour rates (models/behaviour.py) the gate checks, with the GateConfig field of each floor.
@@ -96,28 +117,17 @@ def run_gate(candidate: EvalResult, teacher: EvalResult, champion: EvalResult | 
         _check("bundle_size_mb", candidate.size_mb, cfg.max_bundle_mb, "<="),
         _check("p95_latency_ms", candidate.p95_ms, cfg.max_p95_ms, "<="),
     ]
+    comparison: list[dict] = []
     if champion is not None:
-        support = {lbl: int(sum(row)) for lbl, row in zip(champion.labels, champion.confusion)}
-        checks.append(_check("accuracy_vs_champion", candidate.accuracy,
-                             champion.accuracy - cfg.max_accuracy_drop, ">=", f"champion {champion.accuracy:.4f}"))
-        checks.append(_check("macro_f1_vs_champion", candidate.macro_f1,
-                             champion.macro_f1 - cfg.max_macro_f1_drop, ">=", f"champion {champion.macro_f1:.4f}"))
-        drops = {k: champion.per_intent_f1[k] - candidate.per_intent_f1.get(k, 0.0)
-                 for k in champion.per_intent_f1}
-        allowed = {k: intent_tolerance(cfg.max_intent_f1_drop, support.get(k, 0)) for k in drops}
-        bad = sorted(k for k, d in drops.items() if d > allowed[k])
-        worst = max(drops, key=lambda k: drops[k] - allowed[k]) if drops else None
-        checks.append(_check("worst_intent_f1_drop", drops[worst] if worst else 0.0,
-                             allowed[worst] if worst else cfg.max_intent_f1_drop, "<=",
-                             f"worst {worst} (n={support.get(worst, 0)})"
-                             + (f"; over tolerance: {', '.join(bad)}" if bad else "")))
+        paired, comparison = champion_checks(candidate, champion, cfg)
+        checks += paired
     if mechanical is not None:
         ok, detail = mechanical
         checks.append(Check("bundle_loads_fresh_process", 1.0 if ok else 0.0, 1.0, ">=", ok, detail))
     if behaviour is not None:
         checks += [_check(f"behaviour_{name}", behaviour.get(name), getattr(cfg, floor), ">=")
                    for name, floor in BEHAVIOUR_FLOORS.items()]
-    return GateDecision(all(c.passed for c in checks), checks)
+    return GateDecision(all(c.passed for c in checks), checks, comparison)
 
 
 def decide(results: dict[str, EvalResult], cfg: GateConfig, *, contracts_ok: bool, edge_dir: str | Path,
