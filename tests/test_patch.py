@@ -146,6 +146,15 @@ def test_gate_refuses_a_harmful_patch(tmp_path):
     result = gate_patch(logits, feats, y, mids_even + mids_odd, cfg)
     assert not result.kept and result.patched_correct < result.base_correct
     assert "lowers held-out accuracy" in result.reason
+    # A patch that helps, but by fewer held-out answers than gate_min_gain, is refused too.
+    y_good = np.array([0] * 12 + [1] * 12)
+    feats_good = np.vstack([phrases, rng.normal(size=(12, 16)) + 3.0])  # the corrections look alike
+    mixed = mids_even[:6] + mids_odd[:6] + mids_even[6:] + mids_odd[6:]  # both labels in both folds
+    helps = gate_patch(logits, feats_good, y_good, mixed, cfg)
+    assert helps.kept and helps.patched_correct - helps.base_correct >= cfg.gate_min_gain
+    strict = PersonalConfig(**{**cfg.__dict__, "gate_min_gain": helps.patched_correct - helps.base_correct + 1})
+    refused = gate_patch(logits, feats_good, y_good, mixed, strict)
+    assert not refused.kept and "fewer than gate_min_gain" in refused.reason
     # Too little evidence is refused as well.
     few = gate_patch(logits[:6], feats[:6], y[:6], mids_even[:6], cfg)
     assert not few.kept and "min_examples" in few.reason
