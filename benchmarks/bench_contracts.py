@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -116,7 +117,8 @@ def main() -> None:
     result = {"rows": n, "first_call_s": round(first_s, 3), "figures": figures, "report_s": round(report_s, 3),
               "data_docs_mb": round(docs_mb, 2), "redaction_counts": counts,
               "python": platform.python_version(), "machine": platform.machine(),
-              "cpus_note": "shared 2-core box; figures are noisy"}
+              "load_average_1m": round(os.getloadavg()[0], 2),
+              "cpus_note": "shared 2-core box; figures are noisy (wall time: compare runs at a similar load)"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -24,14 +24,14 @@ from data_contracts.checks import CLOCK_SKEW, EARLIEST, check_args, first_occurr
 from data_contracts.gx_engine import Check
 from data_contracts.lake import MESSAGE_COLUMNS
 from data_contracts.redaction import find_pii
-from data_contracts.report import DATA_DOCS_DIR, ContractError, ContractResult, write_report
+from data_contracts.report import DATA_DOCS_DIR, ContractError, ContractResult, data_docs_index, write_report
 from data_contracts.teacher_labels import LABEL_COLUMNS, expected_labels, total_variation, validate_teacher_labels
 from edge.feedback import DEVICE_ID_REGEX, FIELDS
 
 __all__ = ["RAW_COLUMNS", "LABEL_COLUMNS", "FEEDBACK_COLUMNS", "DEVICE_ID_REGEX", "CONTROL_CHARS", "EARLIEST",
            "CLOCK_SKEW", "DATA_DOCS_DIR", "ContractError", "ContractResult", "validate_raw_messages",
            "validate_teacher_labels", "validate_feedback", "validate_no_pii", "expected_labels",
-           "total_variation", "write_report"]
+           "total_variation", "write_report", "data_docs_index"]
 
 #: Columns of a raw message: the lake's message rows.
 RAW_COLUMNS = list(MESSAGE_COLUMNS)

@@ -170,6 +170,14 @@ def write_report(results: list[ContractResult], out_dir: str | Path) -> list[Pat
     return paths
 
 
+def data_docs_index(files: list[Path]) -> Path | None:
+    """The Data Docs ``index.html`` among :func:`write_report`'s files (None if the site was not built).
+
+    The site is the index's folder: log or link that folder, not the index alone.
+    """
+    return next((p for p in files if p.name == "index.html" and p.parent.name == DATA_DOCS_DIR), None)
+
+
 def _md_cell(value: Any, limit: int = 80) -> str:
     text = short(value, limit) if not isinstance(value, str) else short(value, limit)[1:-1]
     return text.replace("|", "\\|").replace("\n", " ")

@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from data_contracts.contracts import (RAW_COLUMNS, validate_feedback, validate_no_pii, validate_raw_messages,
-                                      validate_teacher_labels, write_report)
+from data_contracts.contracts import (RAW_COLUMNS, data_docs_index, validate_feedback, validate_no_pii,
+                                      validate_raw_messages, validate_teacher_labels, write_report)
 
 LABELS = ["cancel_order", "track_order", "get_refund"]
 NOW = pd.Timestamp("2025-06-01 12:00", tz="UTC")
@@ -122,7 +122,7 @@ def test_write_report_builds_data_docs_for_the_night(tmp_path):
     pii = validate_no_pii(pd.DataFrame({"text": ["mail jo@example.com"]}))
     paths = write_report([bad, pii], tmp_path / "night")
     index = paths[-1]
-    assert index == tmp_path / "night" / "data_docs" / "index.html" and index.is_file()
+    assert index == data_docs_index(paths) == tmp_path / "night" / "data_docs" / "index.html" and index.is_file()
     links = set(re.findall(r'validations/[^"\\]+?\.html', index.read_text(encoding="utf-8")))
     assert len(links) == 4  # schema and rows of each contract
     pages = sorted((tmp_path / "night" / "data_docs" / "validations").rglob("*.html"))
@@ -161,3 +161,10 @@ def test_a_value_of_the_wrong_type_gets_one_reason_not_one_per_rule():
     [dupe] = failed(res, "expect_column_values_to_be_first_occurrence")
     assert dupe["result"]["unexpected_index_list"] == [1]
     assert res.quarantined["reason"].tolist() == ["message_id: expected a non-empty string; got 7 (int)"] * 2
+
+
+def test_a_data_docs_failure_is_reported_not_raised(tmp_path):
+    (tmp_path / "data_docs").write_text("a file where the site's folder should be")
+    paths = write_report([validate_raw_messages(raw(["fine"]), LABELS, now=NOW)], tmp_path)
+    assert data_docs_index(paths) is None and [p.name for p in paths] == ["raw_messages_v1.json", "contracts.md"]
+    assert "Great Expectations Data Docs could not be built: " in paths[-1].read_text()
