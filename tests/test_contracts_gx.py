@@ -168,3 +168,12 @@ def test_a_data_docs_failure_is_reported_not_raised(tmp_path):
     paths = write_report([validate_raw_messages(raw(["fine"]), LABELS, now=NOW)], tmp_path)
     assert data_docs_index(paths) is None and [p.name for p in paths] == ["raw_messages_v1.json", "contracts.md"]
     assert "Great Expectations Data Docs could not be built: " in paths[-1].read_text()
+
+
+def test_a_type_rule_fails_in_gx_when_every_value_is_null():
+    # GX's map expectations drop nulls first and would call an all-null column a vacuous success.
+    res = validate_raw_messages(raw([None, None]), LABELS, now=NOW)
+    [strings] = failed(res, "expect_column_values_to_be_strings")
+    assert strings["expectation_config"]["kwargs"]["column"] == "text"
+    assert strings["result"]["unexpected_count"] == 2 and strings["result"]["unexpected_index_list"] == [0, 1]
+    assert "column text: no row has the expected type (a string)" in res.batch_failures
