@@ -163,7 +163,7 @@ def write_report(results: list[ContractResult], out_dir: str | Path) -> list[Pat
         log.warning("Data Docs could not be built in %s: %s", out / DATA_DOCS_DIR, exc)
         docs_error = f"{type(exc).__name__}: {exc}"
     md = out / "contracts.md"
-    md.write_text(_markdown(results, index.relative_to(out) if index else None, docs_error), encoding="utf-8")
+    md.write_text(_markdown(results, out, index.relative_to(out) if index else None, docs_error), encoding="utf-8")
     paths.append(md)
     if index:
         paths.append(index)
@@ -183,11 +183,15 @@ def _md_cell(value: Any, limit: int = 80) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown(results: list[ContractResult], docs: Path | None, docs_error: str) -> str:
+def _markdown(results: list[ContractResult], out: Path, docs: Path | None, docs_error: str) -> str:
+    """The report; ``docs``: the Data Docs index relative to ``out``."""
     lines = ["# Data contracts", "",
              f"Great Expectations Data Docs: [{docs.as_posix()}]({docs.as_posix()})" if docs
-             else f"Great Expectations Data Docs could not be built: {docs_error}", "",
-             "| contract | ok | rows in | accepted | quarantined | batch failures |", "|---|---|---|---|---|---|"]
+             else f"Great Expectations Data Docs could not be built: {docs_error}"]
+    if docs:  # the index lists results with scripts from a CDN; these links work offline
+        lines += [f"- [{p.relative_to(out).as_posix()}]({p.relative_to(out).as_posix()})"
+                  for p in sorted((out / docs.parent / "validations").rglob("*.html"))]
+    lines += ["", "| contract | ok | rows in | accepted | quarantined | batch failures |", "|---|---|---|---|---|---|"]
     for r in results:
         s = r.summary()
         lines.append(f"| {s['contract']} | {'yes' if s['ok'] else '**NO**'} | {s['rows_in']} | "
