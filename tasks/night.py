@@ -48,6 +48,7 @@ def ingest(settings: Settings, lake: Lake, data: SplitRef, night: str, input_fil
 
     A rerun of a night whose ingest finished (ledger record + saved report) reuses that report.
     """
+    from data_contracts.contracts import data_docs_index
     from data_contracts.ingest import ingest_night
     from data_contracts.ingest_resume import finished_ingest, save_report
 
@@ -66,9 +67,16 @@ def ingest(settings: Settings, lake: Lake, data: SplitRef, night: str, input_fil
                             "rows_quarantined": report.rows_quarantined, "rows_added": report.rows_added,
                             **{f"redacted_{k}": v for k, v in report.redactions.items()}})
         mlflow.log_dict(report.to_dict(), "ingest_report.json")
+        docs = data_docs_index([Path(p) for p in report.report_files])
         for path in report.report_files:
-            mlflow.log_artifact(path, "contracts")
-    create_table_artifact(key="contracts", table=report.contracts, description=f"Data contracts, night {night}")
+            if path != str(docs):
+                mlflow.log_artifact(path, "contracts")
+        if docs is not None:  # the whole site: its index links the validation pages beside it
+            mlflow.log_artifacts(str(docs.parent), "contracts/data_docs")
+            mlflow.set_tag("data_docs", docs.as_uri())
+    where = f"; Data Docs: {docs.as_uri()}" if docs is not None else ""
+    create_table_artifact(key="contracts", table=report.contracts + report.files_rejected,
+                          description=f"Data contracts, night {night}{where}")
     save_report(saved, report.to_dict())
     return report.to_dict()
 
