@@ -198,6 +198,20 @@ class ContractsConfig(_Section):
     min_mean_confidence: float = Field(0.5, ge=0, le=1, description="Mean teacher confidence floor.")
 
 
+class TufConfig(_Section):
+    """Lifetimes of the TUF metadata under ``<home>/tuf`` (``bundle.tuf``); devices refuse expired ones."""
+
+    root_days: float = Field(365, gt=0, description="Root (the keys of every role); renewed by the night at half life.")
+    targets_days: float = Field(30, gt=0, description="Targets (bundles and channel records).")
+    snapshot_days: float = Field(7, gt=0, description="Snapshot (which targets version is current).")
+    timestamp_days: float = Field(2, gt=0, description="Timestamp, re-signed every night: a device that sees "
+                                  "no fresh one for this long refuses to update (a frozen mirror).")
+
+    def expiry_seconds(self) -> dict[str, float]:
+        """``{role: seconds}`` as :func:`models.tuf_repository.open_repository` takes them."""
+        return {role: getattr(self, f"{role}_days") * 86400.0 for role in ("root", "targets", "snapshot", "timestamp")}
+
+
 class BundleConfig(_Section):
     """Edge bundles: signing keys and rollout."""
 
@@ -207,6 +221,7 @@ class BundleConfig(_Section):
     canary_min_acceptance_margin: float = Field(
         0.05, ge=0, le=1, description="Roll the canary back when its acceptance rate is this far below stable's.")
     canary_min_events: int = Field(20, ge=1, description="Feedback events needed before judging a canary.")
+    tuf: TufConfig = Field(default_factory=TufConfig)
 
 
 class SqlArrivalsConfig(_Section):

@@ -3,7 +3,8 @@
 ``bundles/<model_version>/`` is written once, atomically, and never changed; devices find it
 through ``bundles/channels/{canary,stable}.json`` (the record :mod:`edge.channels` defines). Every
 channel move is appended to ``channels/history.jsonl`` with its reason, so a rollback is as visible
-as a promotion.
+as a promotion. Devices enrolled with a TUF root follow the same moves through the TUF repository
+instead (:mod:`models.tuf_repository`; :func:`publish_channel` writes both).
 """
 
 from __future__ import annotations
@@ -181,10 +182,13 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def publish_channel(bundles_root: Path, channel: Channel, model_version: str, reason: str,
-                    *, public_key: Path | None = None) -> dict:
+                    *, public_key: Path | None = None, tuf=None) -> dict:
     """Point ``channel`` at ``bundles_root/<model_version>`` and record why in the history.
 
     With ``public_key`` the bundle is verified first, so a broken bundle is never published.
+    With ``tuf`` (a :class:`models.tuf_repository.TufRepository`) the bundle is added to that
+    repository and its channel target moved first, then the plain file is written: a crash in
+    between leaves the plain file behind, which :func:`models.rollout.reconcile` notices.
     Returns the channel record written to ``channels/<channel>.json``.
     """
     bundles_root = Path(bundles_root)
@@ -197,6 +201,9 @@ def publish_channel(bundles_root: Path, channel: Channel, model_version: str, re
     if public_key is not None:
         from edge.verify import verify_bundle
         verify_bundle(folder, public_key)
+    if tuf is not None:
+        tuf.add_bundle(folder)
+        tuf.set_channel(channel, model_version, reason)
     previous = read_channel(bundles_root, channel)
     record = make_record(channel, model_version, hashlib.sha256(manifest_path.read_bytes()).hexdigest(), reason)
     _write_atomic(path, json.dumps(record, indent=2, sort_keys=True))

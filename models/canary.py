@@ -74,7 +74,8 @@ def judge_canary(feedback: pd.DataFrame, canary: str | None, stable: str | None,
 
 
 def settle_canary(store: StudentStore, cfg: BundleConfig, feedback: pd.DataFrame, by: str) -> dict:
-    """Reconcile the channels, judge the canary on ``feedback`` and act: release it or roll it back.
+    """Reconcile the channels, judge the canary on ``feedback`` and act: release it or roll it back;
+    then re-sign the TUF timestamp (:func:`models.rollout.resign`), as the night must every run.
 
     A rollback moves ``canary`` and ``champion`` to stable's version (the one the feedback
     vouches for; normally ``previous_champion``) and tags the canary version
@@ -91,5 +92,6 @@ def settle_canary(store: StudentStore, cfg: BundleConfig, feedback: pd.DataFrame
     elif verdict.action == "rollback":
         out.update(rollout.rollback(store, f"canary unhealthy: {verdict.reason}", by,
                                     to_version=names[STABLE], channels=(CANARY,)))
+    out["tuf_versions"] = rollout.resign(store)
     log.info("canary %s: %s (%s)", names[CANARY], verdict.action, verdict.reason)
     return out

@@ -12,6 +12,11 @@ The words, the same at every layer (models, tasks, flows, CLI):
 * **reconcile**: finish a move a crash interrupted;
 * **publish** (lower level): point one channel at a bundle; **bundle**: build and sign it.
 
+Every publication goes to the TUF repository under ``<home>/tuf`` too (:mod:`models.tuf_repository`,
+created with its keys on first use, lifetimes from ``bundle.tuf``): devices enrolled with its root
+accept a move only through signed, unexpired metadata whose versions go up, so a rollback is a new,
+higher version that names the older bundle. :func:`resign` is the night's re-signing of the timestamp.
+
 **The order every move follows** (promotion, rollback, the nightly's promotion alike):
 
 1. build and verify the signed bundle (nothing is visible to anyone yet);
@@ -76,6 +81,24 @@ def _tags(store: StudentStore, version: str) -> dict[str, str]:
         raise PromotionRefused(f"{store.name} v{version} is not registered") from None
 
 
+def tuf_repository(store: StudentStore):
+    """The store's TUF repository (:func:`models.tuf_repository.ensure_repository` on ``store.home``)."""
+    from models.tuf_repository import ensure_repository
+
+    return ensure_repository(store.home, expiry=dict(store.tuf_expiry) or None)
+
+
+def resign(store: StudentStore) -> dict[str, int]:
+    """Re-sign the TUF timestamp (and any role past half its life); the night does it every run.
+
+    Devices refuse an expired timestamp, so a night that stops running, or a mirror serving an old
+    copy, is noticed within ``bundle.tuf.timestamp_days``. Returns the role versions.
+    """
+    versions = tuf_repository(store).refresh_timestamp()
+    log.info("TUF metadata re-signed: %s", versions)
+    return versions
+
+
 def channel_version(store: StudentStore, channel: str) -> str | None:
     """The registry version ``channel`` serves, or None when it was never published."""
     from models.bundle import read_channel
@@ -102,6 +125,8 @@ def ensure_bundle(store: StudentStore, version: str, edge_dir: str | Path | None
     registered as this version), else from the version's ``model/edge`` artifact folder; its
     lineage comes from the version's ``meta.*`` tags either way. An existing bundle is verified,
     never rebuilt: published bundles are immutable, and a damaged one is for a person to look at.
+    A missing folder whose version the TUF repository published is restored from there, byte for
+    byte (a rebuilt bundle would be signed anew, hence differ).
     """
     from edge.verify import verify_bundle
     from models.bundle import build_bundle, ensure_signing_key
@@ -109,7 +134,8 @@ def ensure_bundle(store: StudentStore, version: str, edge_dir: str | Path | None
     version = registry_version(version)
     folder = store.bundles_root / bundle_name(version)
     ensure_signing_key(store.signing_key, store.public_key)
-    if not (folder / "manifest.json").is_file():
+    if not (folder / "manifest.json").is_file() and \
+            tuf_repository(store).export_bundle(bundle_name(version), folder) is None:
         metrics, teacher, data_hash, backend = _meta(_tags(store, version))
         store.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=store.cache_dir, prefix=f"bundle-v{version}-") as tmp:
@@ -126,7 +152,8 @@ def ensure_bundle(store: StudentStore, version: str, edge_dir: str | Path | None
 def _publish(store: StudentStore, channel: str, version: str, reason: str) -> dict:
     from models.bundle import publish_channel
 
-    return publish_channel(store.bundles_root, channel, bundle_name(version), reason, public_key=store.public_key)
+    return publish_channel(store.bundles_root, channel, bundle_name(version), reason, public_key=store.public_key,
+                           tuf=tuf_repository(store))
 
 
 # ---- promote and release -------------------------------------------------------------------------
@@ -237,7 +264,8 @@ def rollback(store: StudentStore, reason: str, by: str, *, to_version: str | Non
 
 # ---- reconciliation ------------------------------------------------------------------------------
 def reconcile(store: StudentStore, by: str) -> list[dict]:
-    """Finish a move a crash interrupted: ``canary`` := champion; no channel on a rolled-back version.
+    """Finish a move a crash interrupted: ``canary`` := champion; no channel on a rolled-back version;
+    the TUF repository's channels name what the plain channel files name.
 
     Returns the channel records it wrote (empty when everything was consistent).
     """
@@ -253,6 +281,20 @@ def reconcile(store: StudentStore, by: str) -> list[dict]:
         ensure_bundle(store, champion)
         moves.append(_publish(store, STABLE, champion,
                               f"reconcile: v{stable} was rolled back, stable follows champion v{champion} ({by})"))
+    moves += _tuf_follows_channels(store, by)
     for m in moves:
         log.warning("reconciled channel %s -> %s", m["channel"], m["model_version"])
+    return moves
+
+
+def _tuf_follows_channels(store: StudentStore, by: str) -> list[dict]:
+    """Point TUF channels at what the plain files (and their history) name where they differ: a home
+    published before TUF, or a crash between a publication's TUF write and its plain write."""
+    repo, moves = tuf_repository(store), []
+    for ch in (CANARY, STABLE):
+        plain = channel_version(store, ch)
+        signed = (repo.channel(ch) or {}).get("model_version")
+        if plain and signed != bundle_name(plain):
+            repo.add_bundle(ensure_bundle(store, plain))
+            moves.append(repo.set_channel(ch, bundle_name(plain), f"reconcile: TUF {ch} follows v{plain} ({by})"))
     return moves

@@ -24,13 +24,14 @@ class StudentStore:
     signing_key: Path
     public_key: Path
     backend: str  # the backend a bundle records when its version's tags do not say
+    tuf_expiry: tuple[tuple[str, float], ...] = ()  # (role, seconds) from bundle.tuf; () = the defaults
 
     @classmethod
     def from_settings(cls, settings) -> "StudentStore":
         """From :class:`edgeloop.config.Settings` (mlflow, bundle and student sections, home)."""
         return cls(settings.tracking_uri(), settings.mlflow.student_model_name, settings.home_path(),
                    settings.bundles_root(), settings.signing_key_path(), settings.public_key_path(),
-                   settings.student.quantize)
+                   settings.student.quantize, tuple(settings.bundle.tuf.expiry_seconds().items()))
 
     @property
     def cache_dir(self) -> Path:

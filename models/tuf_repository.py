@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -28,7 +30,7 @@ from edge.manifest import MANIFEST_FILE, check_version_name, is_safe_name
 from models.tuf_store import ThresholdNotMet, delete_keys, new_key, sign, write_atomic, writer_lock
 
 __all__ = ["DEFAULT_EXPIRY", "ThresholdNotMet", "TufRepository", "bundle_target", "default_paths",
-           "init_repository", "open_repository"]
+           "ensure_repository", "init_repository", "open_repository"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,33 @@ class TufRepository:
         if info is None:
             return None
         return parse_record(self._target_path(info).read_bytes(), channel)
+
+    def export_bundle(self, model_version: str, dest: str | Path) -> Path | None:
+        """Write published bundle ``model_version`` into the new folder ``dest``; None if unpublished.
+
+        Every file is checked against the signed targets metadata first, and ``dest`` appears
+        whole or not at all: this is how a lost bundle folder is restored byte for byte, since a
+        rebuilt one would differ (its manifest is signed anew) and published versions never change.
+        """
+        prefix = f"bundles/{check_version_name(model_version)}/"
+        infos = {p[len(prefix):]: t for p, t in self.load("targets").signed.targets.items() if p.startswith(prefix)}
+        if not infos:
+            return None
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.restore")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted restore
+        tmp.mkdir(parents=True)
+        try:
+            for name, info in infos.items():
+                with open(self._target_path(info), "rb") as fh:
+                    info.verify_length_and_hashes(fh)
+                shutil.copyfile(self._target_path(info), tmp / name)
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("TUF: bundle %s restored into %s", model_version, dest)
+        return dest
 
     # ---- changes -------------------------------------------------------------------------------
     def add_bundle(self, bundle_dir: str | Path, *, public_key: str | Path | None = None) -> str:
@@ -281,14 +310,44 @@ def _check_expiry(expiry: dict[str, Any] | None) -> dict[str, timedelta]:
     return out
 
 
-def open_repository(repo_dir: str | Path, keys_dir: str | Path) -> TufRepository:
-    """Open the repository created by :func:`init_repository` in ``repo_dir``."""
+def open_repository(repo_dir: str | Path, keys_dir: str | Path, *,
+                    expiry: dict[str, timedelta | float] | None = None) -> TufRepository:
+    """Open the repository created by :func:`init_repository` in ``repo_dir``.
+
+    ``expiry`` (as in :func:`init_repository`; roles left out keep their default) replaces the
+    stored policy when it differs: the configuration is the source of truth, and the new lifetimes
+    apply from the next version each role signs.
+    """
     repo_dir = Path(repo_dir)
     config = repo_dir / CONFIG_FILE
     if not (repo_dir / "metadata" / "root.json").is_file() or not config.is_file():
         raise FileNotFoundError(f"no TUF repository in {repo_dir}; create it with init_repository")
-    seconds = json.loads(config.read_text(encoding="utf-8"))["expiry_seconds"]
-    return TufRepository(repo_dir, Path(keys_dir), _check_expiry(seconds))
+    stored = _check_expiry(json.loads(config.read_text(encoding="utf-8"))["expiry_seconds"])
+    if expiry is not None and _check_expiry(expiry) != stored:
+        stored = _check_expiry(expiry)
+        _write_config(repo_dir, stored)
+        log.info("TUF: expiry policy of %s is now %s", repo_dir, {r: str(v) for r, v in stored.items()})
+    return TufRepository(repo_dir, Path(keys_dir), stored)
+
+
+def _write_config(repo_dir: Path, expiry: dict[str, timedelta]) -> None:
+    write_atomic(repo_dir / CONFIG_FILE, json.dumps(
+        {"expiry_seconds": {r: v.total_seconds() for r, v in expiry.items()}}, indent=2).encode())
+
+
+def ensure_repository(home: str | Path, *, expiry: dict[str, timedelta | float] | None = None) -> TufRepository:
+    """The repository of ``home`` (:func:`default_paths`), created with its keys on first use.
+
+    ``expiry``: see :func:`open_repository`.
+    """
+    repo_dir, keys_dir = default_paths(home)
+    try:
+        return open_repository(repo_dir, keys_dir, expiry=expiry)
+    except FileNotFoundError:
+        try:
+            return init_repository(repo_dir, keys_dir, expiry=expiry)
+        except FileExistsError:  # another process created it meanwhile
+            return open_repository(repo_dir, keys_dir, expiry=expiry)
 
 
 def init_repository(repo_dir: str | Path, keys_dir: str | Path, *,
@@ -311,8 +370,7 @@ def init_repository(repo_dir: str | Path, keys_dir: str | Path, *,
             raise ValueError(f"thresholds.{role} must be a role of {ROLES} with an integer >= 1, got {n!r}")
     expiry_td = _check_expiry(expiry)
     repo_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(repo_dir / CONFIG_FILE, json.dumps(
-        {"expiry_seconds": {r: v.total_seconds() for r, v in expiry_td.items()}}, indent=2).encode())
+    _write_config(repo_dir, expiry_td)
     repo = TufRepository(repo_dir, keys_dir, expiry_td)
     root = Root(consistent_snapshot=True)
     for role in ROLES:
