@@ -1,8 +1,8 @@
-"""``edgeloop-edge``: the device's command line (sync, predict, feedback, rollback, status, serve, verify).
+"""``edgeloop-edge``: the device's command line (enroll, sync, predict, feedback, rollback, status, serve, verify).
 
 Options fall back to environment variables so a device's service file stays short:
 ``EDGELOOP_EDGE_HOME``, ``EDGELOOP_EDGE_BUNDLES``, ``EDGELOOP_EDGE_PUBLIC_KEY``,
-``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``. Every command prints JSON.
+``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``, ``EDGELOOP_EDGE_TUF_ROOT``. Every command prints JSON.
 Errors go to stderr as JSON.
 Exit codes: 0 ok, 1 sync refused or failed (or a bundle failed verification), 2 bad usage or input, 3 no model installed.
 """
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=_env("HOME", "edge-home"),
                    help="device folder: models, feedback, device id [$EDGELOOP_EDGE_HOME, ./edge-home]")
     p.add_argument("--bundles", default=_env("BUNDLES"),
-                   help="bundles root: a path, file:// or http(s):// URL [$EDGELOOP_EDGE_BUNDLES]")
+                   help="bundles root (or, once enrolled, the TUF repository): a path, file:// or http(s):// URL "
+                        "[$EDGELOOP_EDGE_BUNDLES]")
     p.add_argument("--public-key", default=_env("PUBLIC_KEY"),
                    help="PEM public key that signs bundles [$EDGELOOP_EDGE_PUBLIC_KEY; default <home>/edge_signing.pub]")
     p.add_argument("--device-id", default=_env("DEVICE_ID"),
@@ -42,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of devices in the canary cohort [$EDGELOOP_EDGE_CANARY_SHARE, 0.1]")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    en = sub.add_parser("enroll", help="pin the TUF root: from then on sync follows channels only through TUF")
+    en.add_argument("--tuf-root", default=_env("TUF_ROOT"), required=_env("TUF_ROOT") is None, metavar="PATH",
+                    help="the night's TUF root (<EDGELOOP_HOME>/tuf/metadata/root.json), "
+                         "delivered out of band [$EDGELOOP_EDGE_TUF_ROOT]")
     sub.add_parser("sync", help="install the bundle this device's channel points at")
     pr = sub.add_parser("predict", help="classify one message")
     pr.add_argument("text")
@@ -53,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--rejected", dest="accepted", action="store_false", help="the user rejected it")
     fb.add_argument("--corrected-label", help="the right label, when the user gave one")
     sub.add_parser("rollback", help="go back to the previous model until the next sync")
-    sub.add_parser("status", help="device id, channel, installed versions")
+    sub.add_parser("status", help="device id, channel, installed versions, TUF enrolment, last refusal")
     vf = sub.add_parser("verify", help="verify a bundle folder, load it and answer smoke queries")
     vf.add_argument("folder")
     vf.add_argument("--text", action="append", default=[], help="smoke query (repeatable)")
@@ -110,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         _print(verify_and_smoke(Path(args.folder), Path(args.public_key), args.text))
         return EXIT_OK
     device = make_device(args)
+    if args.command == "enroll":
+        _print(device.enroll(Path(args.tuf_root)))
+        return EXIT_OK
     if args.command == "sync":
         result = device.sync()
         _print(result.to_dict())
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleVerificationError as exc:
         _print({"error": str(exc)}, sys.stderr)
         return EXIT_SYNC
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         _print({"error": str(exc)}, sys.stderr)
         return EXIT_USAGE
 

@@ -7,9 +7,14 @@ Device home layout::
     home/current -> models/<version>    symlinks, each swapped with one atomic rename
     home/previous -> models/<version>
     home/feedback/<date>.jsonl      feedback events for the night to collect
+    home/tuf/                       the pinned TUF root and trusted metadata, once enrolled
+    home/last_refusal.json          why the last refused sync was refused (``status`` shows it)
 
 A bundle is verified (signature, then every file) after download and again whenever a process
 first loads it, so neither a tampered server nor a corrupted disk ever reaches ONNX Runtime.
+A device enrolled with a TUF root (:meth:`Device.enroll`) follows channels only through the TUF
+repository at ``bundles`` (:mod:`edge.updater`): older, expired or mixed metadata and any file the
+signed targets do not name are refused before anything is installed.
 """
 
 from __future__ import annotations
@@ -22,21 +27,22 @@ import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-from edge.channels import CANARY, STABLE, channel_file, followed, parse_record
+from edge.channels import CANARY, STABLE
 from edge.feedback import append_event, is_device_id, looks_like_message_id, make_event, message_id
-from edge.fetch import FetchError, Source, open_source
+from edge.fetch import FetchError, PlainFeed, Source, check_record, open_source
 from edge.manifest import MANIFEST_FILE
 from edge.predictor import LABELS_FILE, OnnxPredictor
 from edge.redact import redact
-from edge.verify import (BundleVerificationError, check_manifest_shape, read_manifest,
-                         verify_bundle, verify_signature)
+from edge.verify import BundleVerificationError, verify_bundle
 
 log = logging.getLogger(__name__)
 
-MANIFEST_LIMIT = 1 << 20
+TUF_DIR = "tuf"
+LAST_REFUSAL = "last_refusal.json"
 MAX_TEXT_CHARS = 20_000
 _RECENT = 1024  # message ids remembered so feedback can name a message by id only
 
@@ -88,7 +94,8 @@ class Device:
     """An edge device rooted at ``home`` that follows channels published under ``bundles``.
 
     ``bundles`` is the bundles root as a path, ``file://`` URL or ``http(s)://`` URL (None for a
-    device that only serves what it has); ``public_key`` the PEM file of the key that signs bundles.
+    device that only serves what it has); for a device enrolled with a TUF root it is the TUF
+    repository (the night's ``<home>/tuf``). ``public_key`` is the PEM file of the key that signs bundles.
     """
 
     def __init__(self, device_id: str, home: str | Path, bundles: str | Path | None, public_key: str | Path,
@@ -101,10 +108,14 @@ class Device:
         self.device_id = device_id
         self.home = Path(home)
         self.source: Source | None = open_source(bundles, timeout) if bundles is not None else None
+        self.bundles = bundles
+        self._plain = PlainFeed(self.source, public_key, max_bundle_bytes) if self.source is not None else None
         self.public_key = Path(public_key)
         self.canary_share = canary_share
         self.max_bundle_bytes = max_bundle_bytes
+        self.timeout = timeout
         self.threads = threads
+        self._updater = None  # edge.updater.TufUpdater, made on the first sync once enrolled
         self._lock = threading.RLock()  # guards the running predictor; held only briefly
         self._sync_lock = threading.Lock()  # one sync/rollback at a time; predictions go on meanwhile
         self._predictor: OnnxPredictor | None = None
@@ -133,21 +144,62 @@ class Device:
         return self._pointer("previous")
 
     def status(self) -> dict[str, Any]:
+        """Id, channel, installed versions, TUF enrolment and the last refused sync (or None)."""
+        refusal = self.home / LAST_REFUSAL
         return {"device_id": self.device_id, "channel": self.channel(),
-                "model_version": self.current_version(), "previous_version": self.previous_version()}
+                "model_version": self.current_version(), "previous_version": self.previous_version(),
+                "tuf": self.tuf_status(),
+                "last_refusal": json.loads(refusal.read_text(encoding="utf-8")) if refusal.is_file() else None}
+
+    # ---- TUF -------------------------------------------------------------------------------------
+    @property
+    def tuf_dir(self) -> Path:
+        return self.home / TUF_DIR
+
+    def enroll(self, root: bytes | str | Path) -> dict[str, Any]:
+        """Pin ``root`` (the night's ``<home>/tuf/metadata/root.json``, delivered out of band) as
+        this device's TUF trust anchor; from then on it follows channels only through TUF."""
+        from edge.updater import enroll
+
+        enroll(self.tuf_dir, root)
+        self._updater = None
+        return self.tuf_status()
+
+    def tuf_status(self) -> dict[str, Any]:
+        """``enrolled`` and the version of the root the device trusts now (None before a sync)."""
+        from edge.updater import ENROLLED_ROOT
+
+        if not (self.tuf_dir / ENROLLED_ROOT).is_file():
+            return {"enrolled": False}
+        trusted = self.tuf_dir / "metadata" / "root.json"
+        version = json.loads(trusted.read_bytes())["signed"]["version"] if trusted.is_file() else None
+        return {"enrolled": True, "root_version": version}
+
+    def _tuf(self):
+        """The device's :class:`edge.updater.TufUpdater`, or None when it is not enrolled."""
+        if self._updater is None and self.tuf_status()["enrolled"] and self.bundles is not None:
+            from edge.updater import TufUpdater
+
+            self._updater = TufUpdater(self.tuf_dir, self.bundles, timeout=self.timeout,
+                                       max_bundle_bytes=self.max_bundle_bytes)
+        return self._updater
 
     # ---- sync --------------------------------------------------------------------------------
     def sync(self) -> SyncResult:
         """Install the bundle the device's channel points at, if it verifies and loads.
 
         On any failure the running model is kept and the result says why; nothing raises for a
-        bad bundle or an unreachable server.
+        bad bundle or an unreachable server. A refusal (``refused``: TUF refused the repository's
+        metadata, or a bundle failed verification or its smoke query) is kept for :meth:`status`.
         """
         channel = self.channel()
         with self._sync_lock:
             current = self.current_version()
             try:
                 record = self._read_channel(channel)
+            except BundleVerificationError as exc:  # edge.updater.UpdateRefused: an attack or a frozen mirror
+                return self._report("refused", channel, current, None, f"repository refused: {exc}",
+                                    getattr(exc, "kind", None))
             except (FetchError, ValueError) as exc:
                 return self._report("failed", channel, current, None, f"cannot read channel: {exc}")
             target = record["model_version"]
@@ -157,92 +209,49 @@ class Device:
                 folder = self._obtain(record)
                 predictor = self._load(folder)
             except BundleVerificationError as exc:
-                return self._report("refused", channel, current, target, f"bundle {target} refused: {exc}")
+                return self._report("refused", channel, current, target, f"bundle {target} refused: {exc}",
+                                    getattr(exc, "kind", "bundle"))
             except FetchError as exc:
                 return self._report("failed", channel, current, target, f"download of {target} failed: {exc}")
             except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many kinds for a bad model
                 return self._report("refused", channel, current, target,
-                                    f"bundle {target} verified but does not load: {exc}")
+                                    f"bundle {target} verified but does not load: {exc}", "smoke")
             self._install(target, predictor)
             self._prune()
             log.info("device %s now runs %s from %s (was %s)", self.device_id, target, channel, current)
             return SyncResult("updated", channel, target, target)
 
-    def _report(self, status, channel, current, target, reason) -> SyncResult:
+    def _report(self, status, channel, current, target, reason, kind: str | None = None) -> SyncResult:
         log.warning("device %s sync %s: %s; keeping %s", self.device_id, status, reason, current)
-        return SyncResult(status, channel, current, target, reason)
+        result = SyncResult(status, channel, current, target, reason)
+        if status == "refused":
+            tmp = self.home / f".{LAST_REFUSAL}.tmp"
+            self.home.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({**result.to_dict(), "kind": kind,
+                                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+            os.replace(tmp, self.home / LAST_REFUSAL)
+        return result
 
     def _read_channel(self, channel: str) -> dict[str, Any]:
         if self.source is None:
             raise FetchError("no bundles source configured")
-        names = followed(channel)
-        for i, name in enumerate(names):
-            try:
-                raw = self.source.read_bytes(channel_file(name), MANIFEST_LIMIT)
-            except FetchError:
-                if i + 1 < len(names):
-                    continue
-                raise
-            return parse_record(raw, name)
-        raise AssertionError("unreachable")
+        updater = self._tuf()
+        if updater is None:
+            return self._plain.channel(channel)
+        updater.refresh()  # every sync: this is where rollback, freeze and mix-and-match are refused
+        return updater.channel(channel)
 
     def _usable(self, version: str) -> bool:
         return (self.models_dir / version / MANIFEST_FILE).is_file()
 
     def _obtain(self, record: dict[str, Any]) -> Path:
         """A verified local folder for the channel's bundle, downloading it when needed."""
-        version = record["model_version"]
-        final = self.models_dir / version
-        if final.is_dir():
-            try:  # kept from before (e.g. the previous model): reuse it if it is still intact
-                self._verify_local(final, record)
-                return final
-            except BundleVerificationError as exc:
-                log.warning("local copy of %s is damaged (%s); downloading again", version, exc)
-                shutil.rmtree(final)
-        partial = self.models_dir / f"{version}.partial"
-        shutil.rmtree(partial, ignore_errors=True)  # left over from an interrupted sync
-        partial.mkdir(parents=True)
-        try:
-            self._download(record, partial)
-            self._verify_local(partial, record)
-            os.rename(partial, final)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        return final
-
-    def _download(self, record: dict[str, Any], partial: Path) -> None:
-        bundle = record["bundle"]
-        raw = self.source.read_bytes(f"{bundle}/{MANIFEST_FILE}", MANIFEST_LIMIT)
-        (partial / MANIFEST_FILE).write_bytes(raw)
-        manifest = read_manifest(partial)
-        # Check the signature before downloading the weights: a forged manifest costs nothing.
-        verify_signature(manifest, self._key())
-        files = check_manifest_shape(manifest)
-        total = sum(e["size"] for e in files.values())
-        if total > self.max_bundle_bytes:
-            raise BundleVerificationError(f"bundle is {total} bytes, above this device's limit of "
-                                          f"{self.max_bundle_bytes}")
-        for name, entry in sorted(files.items()):
-            self.source.download(f"{bundle}/{name}", partial / name, entry["size"])
-
-    def _verify_local(self, folder: Path, record: dict[str, Any]) -> None:
-        digest = hashlib.sha256((folder / MANIFEST_FILE).read_bytes()).hexdigest() \
-            if (folder / MANIFEST_FILE).is_file() else None
-        manifest = verify_bundle(folder, self.public_key)
-        if digest != record["manifest_sha256"]:
-            raise BundleVerificationError(
-                f"manifest sha256 {str(digest)[:16]}… differs from the channel's "
-                f"{record['manifest_sha256'][:16]}…")
-        if manifest.get("model_version") != record["model_version"]:
-            raise BundleVerificationError(
-                f"manifest model_version {manifest.get('model_version')!r} differs from the "
-                f"channel's {record['model_version']!r}")
-
-    def _key(self):
-        from edge.manifest import load_public_key
-        return load_public_key(self.public_key)
+        updater = self._tuf()
+        if updater is None:
+            return self._plain.fetch_bundle(record, self.models_dir)
+        folder = updater.fetch_bundle(record, self.models_dir, public_key=self.public_key)
+        check_record(folder, record, self.public_key)  # TUF vouched for the bytes; the record for the version
+        return folder
 
     def _load(self, folder: Path) -> OnnxPredictor:
         """Open the bundle and answer one smoke query, so a model that cannot run is refused."""

@@ -172,7 +172,8 @@ def test_cli_serve_process_answers_and_stops(edge_model_dirs, signing_keys, tmp_
                 time.sleep(0.1)
         assert health is not None, proc.stderr.read().decode() if proc.poll() is not None else "no answer"
         assert health == (200, {"status": "ok", "device_id": "dev-0200", "channel": "stable",
-                                "model_version": "v1", "previous_version": None})
+                                "model_version": "v1", "previous_version": None,
+                                "tuf": {"enrolled": False}, "last_refusal": None})
         assert call(f"http://127.0.0.1:{port}/predict", {"text": "refund please"})[0] == 200
     finally:
         proc.terminate()
