@@ -128,11 +128,16 @@ def device_messages(pool, labels, dev, n: int, rng) -> tuple[list[str], list[str
     from edge.redact import redact
 
     by_label = {lab: np.flatnonzero(pool["label"].to_numpy() == lab) for lab in labels}
-    counts = rng.multinomial(n, dev["mix"])
+    cap = np.array([len(by_label[lab]) for lab in labels])
+    if n > cap.sum():
+        raise SystemExit(f"a device needs {n} messages, the pool has {cap.sum()}: lower --feedback/--heldout")
+    counts = np.minimum(rng.multinomial(n, dev["mix"]), cap)
+    while counts.sum() < n:  # an intent ran out of rows: its overflow goes to the next by the mix
+        room = (cap - counts) * (dev["mix"] + 1e-9)
+        counts += np.minimum(rng.multinomial(n - counts.sum(), room / room.sum()), cap - counts)
     rows = []
     for lab, k in zip(labels, counts):
-        idx = by_label[lab]
-        rows.extend(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+        rows.extend(rng.choice(by_label[lab], size=int(k), replace=False).tolist())
     rng.shuffle(rows)
     texts = [redact(personal_text(pool.at[r, "text"], pool.at[r, "label"], dev, rng))[0] for r in rows]
     return texts, [pool.at[r, "label"] for r in rows]
@@ -256,7 +261,9 @@ def bench(args) -> dict:
     messages = [device_messages(pool, labels, d, args.feedback + args.heldout, rng) for d in devices]
     golden_t = [redact(t)[0] for t in golden["text"]]
     golden_y = golden["label"].tolist()
-    cfg = PersonalConfig(rank=args.rank, **({"dp_clip_norm": args.clip_norm} if args.clip_norm else {}))
+    tuned = {k: v for k, v in (("dp_clip_norm", args.clip_norm), ("l2", args.l2), ("gate_max_p", args.gate_max_p))
+             if v is not None}
+    cfg = PersonalConfig(rank=args.rank, **tuned)
     result = {"dataset": args.dataset, "student": str(edge_dir), "pool_rows": len(pool), "labels": len(labels),
               "devices_n": args.devices, "feedback_per_device": args.feedback, "heldout_per_device": args.heldout,
               "alpha": args.alpha, "seed": args.seed, "config": {k: v for k, v in cfg.__dict__.items()},
@@ -269,7 +276,8 @@ def bench(args) -> dict:
             row = run_device(dev, predictor, fingerprint, cfg, texts, y, args.feedback, work / kind)
             row["_ho"] = (texts[args.feedback:], y[args.feedback:])
             rows.append(row)
-        lb = learning_back(rows, folder, predictor, golden_t, golden_y, cfg, args.epsilons, rng, work / kind)
+        lb = learning_back(rows, folder, predictor, golden_t, golden_y, cfg, args.epsilons, rng, work / kind) \
+            if args.learning_back else {"variants": [], "skipped": True}
         result["by_features"][kind] = summarize(rows) | {"learning_back": lb}
     shutil.rmtree(work, ignore_errors=True)
     head = result["by_features"]["logits" if "logits" in kinds else "pooled"]
@@ -319,6 +327,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--clip-norm", type=float, default=None, help="dp_clip_norm (default: the device default)")
     ap.add_argument("--epsilons", type=float, nargs="*", default=[1.0, 8.0])
+    ap.add_argument("--l2", type=float, default=None, help="patch L2 (default: the device default)")
+    ap.add_argument("--gate-max-p", type=float, default=None, help="gate_max_p (default: the device default)")
+    ap.add_argument("--no-learning-back", dest="learning_back", action="store_false")
     ap.add_argument("--features", choices=["logits", "pooled", "both"], default="both")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -355,7 +366,7 @@ def report(result: dict) -> None:
         for goal, op, thr in GOALS:
             print(f"    {goal} {b[goal]} {op} {thr}: {'met' if ops[op](b[goal], thr) else 'NOT met'}")
         lb = b["learning_back"]
-        for v in lb["variants"]:
+        for v in lb.get("variants", []):
             print(f"    learning back [{v['variant']}]: golden {lb['golden_acc_global']:.4f} -> {v['golden_acc']:.4f} "
                   f"({v['golden_gain_pts']:+.2f} pts), fleet held-out {lb['fleet_heldout_acc_global']:.4f} -> "
                   f"{v['fleet_heldout_acc']:.4f}, {v['devices']} devices, kept by gate: {v['kept_by_gate']}")

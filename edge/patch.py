@@ -197,7 +197,7 @@ def estimate_bytes(n_features: int, n_labels: int, rank: int) -> int:
     return 4 * (rank * (n_features + n_labels) + n_labels + 2 * n_features) + len(ARRAYS) * 200 + 2048
 
 
-def fit_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, *, rank: int = 8, l2: float = 1e-3,
+def fit_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, *, rank: int = 8, l2: float = 1e-2,
               steps: int = 300, lr: float = 0.05, seed: int = 0) -> Patch:
     """Fit a patch by Adam on mean cross-entropy + ``l2``/2 * (|u|^2 + |v|^2 + |b|^2).
 

@@ -8,15 +8,17 @@ Device home layout (next to edge/device.py's)::
 
 The gate: a deterministic k-fold split of the examples by message id; a patch fitted without each
 fold predicts that fold; the patch is kept only when, over all folds, it gets at least as many
-held-out examples right as the base model does plus ``gate_min_gain`` (a tie is no evidence that
-the patch helps, and on unseen messages such patches lost up to 2 points in the benchmark), and
-only with ``min_examples`` examples and ``min_corrections`` corrections. The patch then kept is
-fitted on all examples.
+held-out examples right as the base model does, and the answers it fixes outnumber those it breaks
+beyond chance: exact one-sided McNemar (sign) test on the two, p <= ``gate_max_p``. A tie is no
+evidence; in the benchmark patches kept on ties or one-answer wins lost up to 2.25 points on the
+device's unseen messages. And only with ``min_examples`` examples and ``min_corrections``
+corrections. The patch then kept is fitted on all examples.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -39,14 +41,14 @@ class PersonalConfig:
 
     enabled: bool = True
     rank: int = 8
-    l2: float = 1e-3
+    l2: float = 1e-2
     steps: int = 300
     lr: float = 0.05
     max_patch_bytes: int = MAX_PATCH_BYTES
     min_examples: int = 20
     min_corrections: int = 3
     gate_folds: int = 4
-    gate_min_gain: int = 2
+    gate_max_p: float = 0.25
     max_examples: int = 2000
     upload: str = "none"
     dp_epsilon: float = 1.0
@@ -58,7 +60,7 @@ class PersonalConfig:
         checks = {"rank": self.rank >= 1, "steps": self.steps >= 1, "l2": self.l2 >= 0, "lr": self.lr > 0,
                   "max_patch_bytes": self.max_patch_bytes > 0, "min_examples": self.min_examples >= 2,
                   "min_corrections": self.min_corrections >= 0, "gate_folds": self.gate_folds >= 2,
-                  "gate_min_gain": self.gate_min_gain >= 0,
+                  "gate_max_p": 0 < self.gate_max_p <= 1,
                   "max_examples": self.max_examples >= self.min_examples,
                   "upload": self.upload in UPLOAD_POLICIES, "dp_epsilon": 0 < self.dp_epsilon <= 100,
                   "dp_delta": 0 < self.dp_delta < 1, "dp_clip_norm": self.dp_clip_norm > 0,
@@ -87,6 +89,13 @@ def fold_of(message_id: str, folds: int) -> int:
     return int(message_id[:8], 16) % folds
 
 
+def sign_test_p(fixed: int, broken: int) -> float:
+    """One-sided exact McNemar p-value: P(at least ``fixed`` of the ``fixed + broken`` discordant
+    answers go the patch's way) when the patch is no better than the base (each way 1/2)."""
+    n = fixed + broken
+    return sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2 ** n if n else 1.0
+
+
 @dataclass(frozen=True)
 class GateResult:
     kept: bool
@@ -94,6 +103,9 @@ class GateResult:
     heldout: int
     base_correct: int
     patched_correct: int
+    fixed: int = 0
+    broken: int = 0
+    p_value: float | None = None
 
     @property
     def base_accuracy(self) -> float | None:
@@ -118,25 +130,29 @@ def gate_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, mids: list[
         return GateResult(False, f"the base model gets all but {corrections} examples right "
                                  f"(min_corrections={cfg.min_corrections})", 0, 0, 0)
     fold = np.array([fold_of(m, cfg.gate_folds) for m in mids])
-    base_ok = patched_ok = held = 0
+    base_ok = patched_ok = held = fixed = broken = 0
     for f in range(cfg.gate_folds):
         test, train = fold == f, fold != f
         if not test.any() or train.sum() < 2:
             continue
         patch = fit_patch(logits[train], feats[train], y[train], rank=cfg.rank, l2=cfg.l2,
                           steps=cfg.steps, lr=cfg.lr)
+        base_right = logits[test].argmax(axis=1) == y[test]
+        patched_right = patch.apply(logits[test], feats[test]).argmax(axis=1) == y[test]
         held += int(test.sum())
-        base_ok += int((logits[test].argmax(axis=1) == y[test]).sum())
-        patched_ok += int((patch.apply(logits[test], feats[test]).argmax(axis=1) == y[test]).sum())
+        base_ok += int(base_right.sum())
+        patched_ok += int(patched_right.sum())
+        fixed += int((patched_right & ~base_right).sum())
+        broken += int((base_right & ~patched_right).sum())
+    p = round(sign_test_p(fixed, broken), 6)
+    figures = (held, base_ok, patched_ok, fixed, broken, p)
+    summary = (f"held-out accuracy {patched_ok}/{held} with the patch, {base_ok}/{held} without; "
+               f"fixes {fixed}, breaks {broken}, p={p:.3g}")
     if patched_ok < base_ok:
-        return GateResult(False, f"patch lowers held-out accuracy ({patched_ok}/{held} vs {base_ok}/{held})",
-                          held, base_ok, patched_ok)
-    if patched_ok - base_ok < cfg.gate_min_gain:
-        return GateResult(False, f"patch gains {patched_ok - base_ok} held-out answers ({patched_ok}/{held} vs "
-                                 f"{base_ok}/{held}), fewer than gate_min_gain={cfg.gate_min_gain}",
-                          held, base_ok, patched_ok)
-    return GateResult(True, f"held-out accuracy {patched_ok}/{held} with the patch, {base_ok}/{held} without",
-                      held, base_ok, patched_ok)
+        return GateResult(False, f"patch lowers {summary}", *figures)
+    if p > cfg.gate_max_p:
+        return GateResult(False, f"gain not shown: {summary} > gate_max_p={cfg.gate_max_p}", *figures)
+    return GateResult(True, summary, *figures)
 
 
 class Personalizer:
