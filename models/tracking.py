@@ -80,7 +80,9 @@ def log_eval(prefix: str, result: EvalResult) -> None:
     """Metrics for one model, within the active run."""
     import mlflow
 
-    mlflow.log_metrics({k.replace("f1.", "f1_"): v for k, v in result.metrics(prefix).items()})
+    # Only the metric's own "f1." becomes "f1_": the label key after it is kept as models.keys wrote it.
+    mlflow.log_metrics({(f"{prefix}f1_{k[len(prefix) + 3:]}" if k.startswith(f"{prefix}f1.") else k): v
+                        for k, v in result.metrics(prefix).items()})
 
 
 def log_eval_artifacts(results: dict[str, EvalResult]) -> None:

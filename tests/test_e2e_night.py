@@ -182,10 +182,19 @@ def shop_nights(nights, config, tmp_path_factory):
     settings = load_settings(overrides=config, environ={})
     ok = nightly(night="2026-11-03", input_file=str(mixed), config=config)
     champion_before = alias_version(settings.tracking_uri(), "edge-student", CHAMPION)
+    # The same date again with another export: the night is complete, so it runs as its own import;
+    # the very same export a third time is refused with the reason, never a silent skip.
+    other = folder / "other.csv"
+    with other.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["instruction", "intent"], ["my parcel never arrived, where is it", ""],
+                                 ["please close my account", ""]])
+    imported = nightly(night="2026-11-03", input_file=str(other), config=config)
+    with pytest.raises(Exception) as refused:
+        nightly(night="2026-11-03", input_file=str(other), config=config)
     with pytest.raises(Exception) as stopped:
         nightly(night="2026-11-04", input_file=str(broken), config=config)
     report = json.loads((settings.home_path() / "work" / "2026-11-03" / "ingest_report.json").read_text())
-    return {"ok": ok, "report": report, "stopped": stopped.value, "settings": settings, "n_good": len(good),
+    return {"ok": ok, "report": report, "stopped": stopped.value, "imported": imported, "refused": refused.value, "settings": settings, "n_good": len(good),
             "n_hostile": len(hostile) + 1, "champion_before": champion_before,
             "champion_after": alias_version(settings.tracking_uri(), "edge-student", CHAMPION)}
 
@@ -214,3 +223,11 @@ def test_broken_export_stops_before_training_with_a_readable_reason(shop_nights)
     assert "column(s) ['instruction'] not found; it has ['question', 'answer']" in msg
     assert shop_nights["champion_after"] == shop_nights["champion_before"]
     assert not (shop_nights["settings"].home_path() / "work" / "2026-11-04" / "candidate").exists()
+
+
+def test_an_input_on_a_completed_night_is_its_own_import_and_never_silently_dropped(shop_nights):
+    imported = shop_nights["imported"]
+    assert imported["night"].startswith("2026-11-03+import-") and imported["rows_ingested"] == 2
+    refused = shop_nights["refused"]
+    assert type(refused).__name__ == "InputNotIngested"
+    assert "other.csv was not ingested" in str(refused) and "--force" in str(refused)
