@@ -50,9 +50,11 @@ clean:
 	rm -rf var .pytest_cache
 
 # ---- operations (scripts/, docs/operations.md): local Prefect + MLflow servers, worker, deployments
+# `make up DB=postgres`: MLflow on a local PostgreSQL under $EDGELOOP_HOME/postgres (DB=sqlite: back
+# to $EDGELOOP_HOME/mlflow.db; no DB: whatever the last `make up` used).
 .PHONY: up down status
 up: setup
-	scripts/up.sh
+	$(if $(DB),EDGELOOP_DB=$(DB) )scripts/up.sh
 
 down:
 	scripts/down.sh

@@ -98,14 +98,14 @@ def _print_summary(title: str, summary: dict, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from edgeloop.runtime import prepare_process
+
     try:
         settings = load_settings(args.config, assignments=args.set)  # --set reads as EDGELOOP__… variables
+        settings = prepare_process(settings)  # attaches to `make up`'s servers while they run
     except ConfigError as exc:
         print(f"edgeloop: {exc}", file=sys.stderr)
         return 2
-    from edgeloop.runtime import prepare_process
-
-    prepare_process(settings)
     config = settings.model_dump(mode="json")
     if args.command == "history":
         _history(settings, args.last, args.json)

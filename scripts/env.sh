@@ -18,8 +18,16 @@ ALERTS_LOG="$EDGELOOP_HOME/alerts/alerts.jsonl"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 MLFLOW_DISABLE_TELEMETRY=true \
   HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false \
   PREFECT_LOGGING_LEVEL=INFO PREFECT_LOGGING_EXTRA_LOGGERS=models,data_contracts,edgeloop,flows,tasks
-# The server's own database, apart from the ephemeral one that `edgeloop` uses without a server.
-export PREFECT_HOME="${PREFECT_HOME_SERVER:-$EDGELOOP_HOME/prefect-server}"
+# One Prefect database per EDGELOOP_HOME, shared by the server and by `edgeloop` without a server
+# (edgeloop/runtime.py prepare_process sets the same URL), so every CLI night shows in the UI.
+export PREFECT_HOME="$EDGELOOP_HOME/prefect"
+export PREFECT_SERVER_DATABASE_CONNECTION_URL="${PREFECT_SERVER_DATABASE_CONNECTION_URL:-${PREFECT_API_DATABASE_CONNECTION_URL:-sqlite+aiosqlite:///$PREFECT_HOME/prefect.db}}"
+# MLflow's backend store: sqlite (default), postgres (a local PostgreSQL under $EDGELOOP_HOME/postgres)
+# or external (MLFLOW_BACKEND_STORE_URI). Without DB / EDGELOOP_DB, the one the last `up` used.
+MLFLOW_BACKEND_FILE="$EDGELOOP_HOME/mlflow-backend"
+PG_PORT="${PG_PORT:-5433}"
+PG_ROOT="$EDGELOOP_HOME/postgres"   # data/ (the cluster, owned by the server's user) and pgpass
+PG_USER=edgeloop PG_DB=mlflow
 
 alive() {  # alive NAME: the process in $RUN/NAME.pid is running
   local f="$RUN/$1.pid"

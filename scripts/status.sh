@@ -2,10 +2,14 @@
 # What scripts/up.sh started, whether each part answers, and the deployments with their next runs.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-for name in prefect-server mlflow worker alerts; do
+source "$REPO/scripts/pg.sh"
+for name in prefect-server mlflow worker alerts postgres; do
+  [[ "$name" == postgres && ! -f "$RUN/postgres.pid" ]] && continue  # only with DB=postgres
   if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"), log $RUN/$name.log)"
   else echo "$name: not running"; fi
 done
+echo "mlflow backend store: $(cat "$MLFLOW_BACKEND_FILE" 2>/dev/null || echo sqlite) ($(cat "$RUN/mlflow.backend" 2>/dev/null || echo "sqlite:///$EDGELOOP_HOME/mlflow.db"))"
+echo "prefect database: $PREFECT_SERVER_DATABASE_CONNECTION_URL (shared with \`edgeloop\` runs)"
 curl -fsS -o /dev/null --max-time 3 "$PREFECT_URL/health" && echo "prefect api: healthy ($PREFECT_URL)" || echo "prefect api: no answer ($PREFECT_URL)"
 curl -fsS -o /dev/null --max-time 3 "$MLFLOW_URL/health" && echo "mlflow: healthy ($MLFLOW_URL)" || echo "mlflow: no answer ($MLFLOW_URL)"
 if alive alerts; then

@@ -6,11 +6,29 @@
 #   night fails or its gate fails (tasks/alerts.py); the webhook is $EDGELOOP_ALERT_WEBHOOK_URL, or
 #   else a local receiver ($ALERTS_PORT, default 4290) that appends to $EDGELOOP_HOME/alerts/alerts.jsonl.
 #   PIDs and logs under $EDGELOOP_HOME/run/. Stop with scripts/down.sh.
+# MLflow's backend store: EDGELOOP_DB=sqlite ($EDGELOOP_HOME/mlflow.db) or postgres (a local
+#   PostgreSQL on 127.0.0.1:$PG_PORT, data in $EDGELOOP_HOME/postgres; scripts/pg.sh); unset = the one
+#   the last `up` used. MLFLOW_BACKEND_STORE_URI / MLFLOW_ARTIFACTS_DESTINATION point MLflow at a
+#   managed database / an object store instead (docs/operations.md).
+# `scripts/up.sh prefect` starts only the Prefect server: the UI over this home's runs.
 # Parts already running are left alone, so `make up` twice is harmless (and re-deploys).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+source "$REPO/scripts/pg.sh"
+ONLY="${1:-}"
+[[ -z "$ONLY" || "$ONLY" == prefect ]] || { echo "usage: $0 [prefect]" >&2; exit 2; }
 mkdir -p "$RUN" "$EDGELOOP_HOME/mlartifacts" "$PREFECT_HOME"
 cd "$REPO"
+
+if [[ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]]; then DB=external
+else DB="${EDGELOOP_DB:-$(cat "$MLFLOW_BACKEND_FILE" 2>/dev/null || echo sqlite)}"; fi
+case "$DB" in
+  sqlite) BACKEND_URI="sqlite:///$EDGELOOP_HOME/mlflow.db" ;;
+  postgres) BACKEND_URI="$PG_URI" ;;
+  external) BACKEND_URI="${MLFLOW_BACKEND_STORE_URI:?MLflow of this home was on an external database: set MLFLOW_BACKEND_STORE_URI, or DB=sqlite / DB=postgres}" ;;
+  *) echo "up: EDGELOOP_DB (make up DB=...) must be sqlite or postgres, not '$DB'" >&2; exit 2 ;;
+esac
+ARTIFACTS="${MLFLOW_ARTIFACTS_DESTINATION:-$EDGELOOP_HOME/mlartifacts}"
 
 start() {  # start NAME CMD...: detached in its own session (process group), pid to $RUN/NAME.pid
   local name="$1"; shift
@@ -22,23 +40,44 @@ start() {  # start NAME CMD...: detached in its own session (process group), pid
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 LOCAL_ALERTS=$([[ -z "${EDGELOOP_ALERT_WEBHOOK_URL:-}" ]] && echo 1 || true)
-for pair in "prefect-server:$PREFECT_PORT" "mlflow:$MLFLOW_PORT" ${LOCAL_ALERTS:+"alerts:$ALERTS_PORT"}; do
-  name="${pair%%:*}" port="${pair##*:}"
+PARTS=("prefect-server:$PREFECT_PORT:PREFECT_PORT")
+if [[ -z "$ONLY" ]]; then
+  PARTS+=("mlflow:$MLFLOW_PORT:MLFLOW_PORT" ${LOCAL_ALERTS:+"alerts:$ALERTS_PORT:ALERTS_PORT"})
+  if [[ "$DB" == postgres ]]; then PARTS+=("postgres:$PG_PORT:PG_PORT"); fi
+fi
+for part in "${PARTS[@]}"; do
+  IFS=: read -r name port var <<<"$part"
   if ! alive "$name" && ! port_free "$port"; then
-    echo "up: port $port is taken by a process that $0 did not start; set ${name^^}_PORT (e.g. PREFECT_PORT / MLFLOW_PORT)" >&2
+    echo "up: port $port is taken by a process that $0 did not start; set $var" >&2
     exit 1
   fi
 done
 
 t0=$SECONDS
 start prefect-server "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
-start mlflow "$BIN/mlflow" server --backend-store-uri "sqlite:///$EDGELOOP_HOME/mlflow.db" \
-  --artifacts-destination "$EDGELOOP_HOME/mlartifacts" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+if [[ "$ONLY" == prefect ]]; then
+  wait_http "$PREFECT_URL/health" "${PREFECT_START_TIMEOUT:-90}" prefect-server "$RUN/prefect-server.log"
+  echo "$PREFECT_URL" >"$RUN/prefect-server.url"  # `edgeloop` runs through this server while it answers
+  echo "up: Prefect UI http://127.0.0.1:$PREFECT_PORT (server only; database $PREFECT_SERVER_DATABASE_CONNECTION_URL)"
+  exit 0
+fi
+if [[ "$DB" == postgres ]]; then pg_start; fi
+if ! alive mlflow; then
+  echo "$DB" >"$MLFLOW_BACKEND_FILE"  # later `up`s and `edgeloop` without the stack keep to this backend
+  sed -E 's#(//[^/:@]+):[^/@]*@#\1:***@#; s#\?.*##' <<<"$BACKEND_URI" >"$RUN/mlflow.backend"  # no password
+elif [[ "$(cat "$MLFLOW_BACKEND_FILE" 2>/dev/null || echo sqlite)" != "$DB" ]]; then
+  echo "up: mlflow is already running on $(cat "$RUN/mlflow.backend" 2>/dev/null); make down first to switch to $DB" >&2
+fi
+start mlflow "$BIN/mlflow" server --backend-store-uri "$BACKEND_URI" \
+  --artifacts-destination "$ARTIFACTS" --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
 if [[ -n "$LOCAL_ALERTS" ]]; then
   start alerts "$BIN/python" "$REPO/scripts/alert_sink.py" --port "$ALERTS_PORT" --out "$ALERTS_LOG"
 fi
 wait_http "$PREFECT_URL/health" "${PREFECT_START_TIMEOUT:-90}" prefect-server "$RUN/prefect-server.log"
+echo "$PREFECT_URL" >"$RUN/prefect-server.url"  # `edgeloop` runs through this server while it answers
 wait_http "$MLFLOW_URL/health" "${MLFLOW_START_TIMEOUT:-120}" mlflow "$RUN/mlflow.log"
+echo "$MLFLOW_URL" >"$RUN/mlflow.url"  # ... and tracks to this one
+echo "up: mlflow backend store: $DB ($(cat "$RUN/mlflow.backend" 2>/dev/null)), artifacts: $ARTIFACTS"
 
 export PREFECT_API_URL="$PREFECT_URL"
 "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \

@@ -2,15 +2,22 @@
 free loopback ports, a process worker and the deployments; the teacher is bootstrapped through
 its deployment; two nightly-adhoc runs triggered at once become one night and one skip; the run
 is read back through Prefect's API and the registered model through MLflow's REST API; then
-`scripts/down.sh` (make down) stops everything it started."""
+`scripts/down.sh` (make down) stops everything it started. The same stack with MLflow on a local
+PostgreSQL (`make up DB=postgres`) runs one night too."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,12 +44,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = tmp_path_factory.mktemp("ops") / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "PREFECT_", "MLFLOW_"))}
+@contextmanager
+def _up(home: Path, **extra: str):
+    """scripts/up.sh on free ports; scripts/down.sh afterwards, and nothing it started left alive."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "PREFECT_", "MLFLOW_", "PG"))}
     env.update(EDGELOOP_HOME=str(home), PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()),
-               PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5")
+               ALERTS_PORT=str(_free_port()), PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5",
+               **extra)
     t0 = time.monotonic()
     up = subprocess.run(["scripts/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     info = {"home": home, "env": env, "up_s": time.monotonic() - t0, "up_out": up.stdout,
@@ -56,8 +64,17 @@ def stack(tmp_path_factory):
         print(up.stdout, down.stdout, sep="\n")
         for name, pid in pids.items():  # never leave a server behind, even when down.sh failed
             if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:  # not a group leader
+                    os.kill(pid, signal.SIGKILL)
         assert not [n for n, pid in pids.items() if _alive(pid)], down.stdout + down.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with _up(tmp_path_factory.mktemp("ops") / "home") as info:
+        yield info
 
 
 def _api(stack, method: str, path: str, **kw):
@@ -141,3 +158,63 @@ def test_deployed_night_through_the_worker(stack):
     assert model["latest_versions"], model
     assert _mlflow_model(stack, "teacher")["aliases"][0]["alias"] == "production"
     assert any(a["alias"] == "candidate" for a in model.get("aliases", []))
+
+
+def _edgeloop_settings(stack) -> subprocess.CompletedProcess:
+    """What the CLI's prepare_process makes of this home right now (no Prefect, no flow)."""
+    code = ("import json, os\nfrom edgeloop.config import load_settings\nfrom edgeloop.runtime import prepare_process\n"
+            "s = prepare_process(load_settings())\n"
+            "print(json.dumps({'mlflow': s.tracking_uri(), 'prefect': os.environ.get('PREFECT_API_URL')}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=stack["env"], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _has_postgres() -> bool:
+    return bool(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl") or shutil.which("pg_ctl"))
+
+
+def test_night_with_mlflow_on_postgres():
+    """`make up DB=postgres`: MLflow's backend store is a PostgreSQL under EDGELOOP_HOME; a deployed
+    night registers its model there (read back with SQL), and the CLI attaches to that MLflow."""
+    if not _has_postgres():
+        msg = "PostgreSQL is not installed (apt-get install -y postgresql; .ci/run does it)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    import psycopg2
+
+    base = Path(tempfile.mkdtemp(prefix="edgeloop-ops-pg-"))  # the postgres user must reach it (not pytest's 0700 tmp)
+    base.chmod(0o755)
+    home, t0 = base / "home", time.monotonic()
+    try:
+        with _up(home, EDGELOOP_DB="postgres", PG_PORT=str(_free_port())) as stack:
+            assert "started postgres" in stack["up_out"] and "mlflow backend store: postgres" in stack["up_out"]
+            boot = _run(stack, "teacher-bootstrap", "teacher-bootstrap", {"config": QUICK})
+            assert _wait(stack, [boot], 300)[boot]["state_type"] == "COMPLETED", _logs(stack, boot)[-3000:]
+            night = _run(stack, "nightly", "nightly-adhoc", {"night": "2026-11-01", "config": QUICK})
+            assert _wait(stack, [night], 300)[night]["state_type"] == "COMPLETED", _logs(stack, night)[-3000:]
+            print(f"postgres stack: up {stack['up_s']:.0f}s, bootstrap + night {time.monotonic() - t0 - stack['up_s']:.0f}s")
+
+            assert _mlflow_model(stack, "edge-student")["latest_versions"]
+            port = stack["env"]["PG_PORT"]
+            os.environ["PGPASSFILE"] = str(home / "postgres" / "pgpass")  # the password lives only there
+            try:
+                with psycopg2.connect(host="127.0.0.1", port=port, user="edgeloop", dbname="mlflow") as conn, \
+                        conn.cursor() as cur:
+                    cur.execute("SELECT name FROM registered_models ORDER BY name")
+                    assert [r[0] for r in cur.fetchall()] == ["edge-student", "teacher"]
+                    cur.execute("SELECT count(*) FROM runs WHERE status = 'FINISHED'")
+                    assert cur.fetchone()[0] >= 2
+            finally:
+                del os.environ["PGPASSFILE"]
+            with pytest.raises(psycopg2.OperationalError, match="password"):  # no password, no access
+                psycopg2.connect(host="127.0.0.1", port=port, user="edgeloop", dbname="mlflow", passfile="/dev/null")
+            assert not (home / "mlflow.db").exists()
+            attached = _edgeloop_settings(stack)
+            assert json.loads(attached.stdout) == {"mlflow": stack["mlflow"], "prefect": stack["prefect"]}, attached.stderr
+        assert not (home / "postgres" / "data" / "postmaster.pid").exists()  # down.sh stopped it cleanly
+        # Stack down: the CLI refuses to start a second registry in sqlite, and says what to do.
+        refused = _edgeloop_settings(stack)
+        assert refused.returncode != 0 and "make up" in refused.stderr and "postgres" in refused.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -129,7 +129,7 @@ def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, ca
 
     from flows.cli import main
 
-    for key in ("EDGELOOP_HOME", "MLFLOW_TRACKING_URI"):
+    for key in ("EDGELOOP_HOME", "MLFLOW_TRACKING_URI", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
         monkeypatch.delenv(key, raising=False)  # main() sets them; monkeypatch restores them after
     v1, bad = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"], gate="fail")
     sets = ["--set", f"home={settings.home}", "--set", f"bundle.signing_key={settings.bundle.signing_key}",
