@@ -17,8 +17,8 @@ from edge.patch_upload import (PrivacyLedger, assert_no_text, build_upload, clip
                                upload_matrix, validate_upload)
 from edge.personal import PersonalConfig, Personalizer, gate_patch, sign_test_p
 from edge.predictor import OnnxPredictor
-from models.federated import (add_pooled_output, aggregate_uploads, apply_delta_onnx, fedavg,
-                              fold_delta)
+from models.federated import (add_pooled_output, aggregate_uploads, apply_delta_onnx,
+                              apply_delta_safetensors, fedavg, fold_delta)
 from edge_fixtures import LABELS, edge_model_dirs  # noqa: F401 - the fixture
 
 # The device's own phrasing for one intent: words the base model never saw in training.
@@ -288,3 +288,22 @@ def test_averaged_delta_folds_into_the_student_exactly(tmp_path, edge_model_dirs
         patch = fit_patch(z, feats, rng.integers(0, 3, 20), rank=2)
         w2, b2 = fold_delta(w, b, patch.dense().astype(np.float64), kind)
         np.testing.assert_allclose(h @ w2.T + b2, patch.apply(z, feats), atol=1e-3)
+
+
+def test_delta_folds_into_a_float_students_safetensors(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    rng = np.random.default_rng(4)
+    w, b, other = (rng.normal(size=(3, 16)).astype(np.float32), rng.normal(size=3).astype(np.float32),
+                   rng.normal(size=(5, 16)).astype(np.float32))
+    save_file({"classifier.weight": w, "classifier.bias": b, "bert.pooler.dense.weight": other},
+              str(tmp_path / "model.safetensors"))
+    delta = rng.normal(size=(17, 3))
+    apply_delta_safetensors(tmp_path, delta, "pooled", step=0.5)
+    got = load_file(str(tmp_path / "model.safetensors"))
+    want_w, want_b = fold_delta(w, b, delta, "pooled", step=0.5)
+    np.testing.assert_allclose(got["classifier.weight"], want_w, rtol=1e-6)
+    np.testing.assert_allclose(got["classifier.bias"], want_b, rtol=1e-6)
+    np.testing.assert_array_equal(got["bert.pooler.dense.weight"], other)  # nothing else moves
+    with pytest.raises(ValueError, match="pooled delta is"):
+        apply_delta_safetensors(tmp_path, rng.normal(size=(9, 3)), "pooled")
