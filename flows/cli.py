@@ -120,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             if summary.get("skipped"):
                 _print_summary("night skipped", summary, args.json)
                 return 0
-            summary["where_to_look"] = (f"mlflow ui --backend-store-uri {settings.tracking_uri()}  → experiment "
-                                        f"'{settings.mlflow.experiment}', run {summary['mlflow_run_id']}; "
-                                        f"Models → {summary['model_name']} v{summary['model_version']}")
+            uri = settings.tracking_uri()
+            ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri} "
+            summary["where_to_look"] = (f"{ui} → experiment '{settings.mlflow.experiment}', run "
+                                        f"{summary['mlflow_run_id']}; Models → {summary['model_name']} "
+                                        f"v{summary['model_version']}")
             _print_summary("night finished", summary, args.json)
         else:
             from models.registry import alias_version
