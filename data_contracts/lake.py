@@ -4,6 +4,12 @@
   content hash ``message_id``. Appending a message that is already there adds nothing.
 * ``labels/<teacher_version>/part-<hash>.parquet``: teacher soft labels; the cache key is
   (message_id, teacher_version).
+* ``vectors/<teacher_version>/received_date=.../part-<hash>.parquet``: the teacher's sentence
+  vectors (float16) of messages, under their message's arrival date; written once per
+  (message_id, teacher_version).
+* ``augmented/<teacher_version>/received_date=.../part-<hash>.parquet``: teacher-labelled
+  perturbed copies of messages (``parent_id, text, probs`` and a ``vector``), under the parent's
+  arrival date; a message's copies are made once per teacher version.
 * ``quarantine/received_date=.../part-<hash>.parquet``: rows a contract rejected, with a reason.
 * ``feedback/received_date=.../part-<hash>.parquet``: edge feedback events, one per ``event_id``.
 * ``nights/<night>.json``: the night ledger. Ingest records which stream batch a night read, so a
@@ -12,7 +18,9 @@
 
 The root is a folder or any fsspec URL (``s3://bucket/lake``). Parts are named by the hash of
 their content and written whole (a temporary name, then a rename), so a crash never leaves half a
-file behind and a retried write adds no second copy.
+file behind and a retried write adds no second copy. Reads go through ``pyarrow.dataset`` and
+touch only what they need: the named columns, the named ``received_date`` partitions, and rows
+filtered by id in Arrow (an append's dedup reads the ``message_id`` column, not the texts).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_contracts.lake_outputs import TeacherOutputs
 from edge.feedback import FIELDS as FEEDBACK_FIELDS
 
 #: ``lake/messages`` rows; the raw-messages contract checks exactly these.
@@ -38,7 +47,7 @@ FEEDBACK_LAKE_COLUMNS = [f for f in FEEDBACK_FIELDS if f != "text"]
 NIGHT_OUTCOME = ("mlflow_run_id", "model_version", "gate_decision")
 
 
-class Lake:
+class Lake(TeacherOutputs):
     """Append-only Parquet store rooted at ``root``: a local folder or any fsspec URL (s3://, gs://, memory://)."""
 
     def __init__(self, root: str | Path):
@@ -52,9 +61,15 @@ class Lake:
         return "/".join([self.root, *parts])
 
     # ---- generic parts -----------------------------------------------------
-    def _write_part(self, folder: str, df: pd.DataFrame) -> str:
+    def _write_part(self, folder: str, df) -> str:
+        """Write ``df`` (a DataFrame or an Arrow table) as one part of ``folder``; returns its path."""
+        import pyarrow.parquet as pq
+
         buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
+        if isinstance(df, pd.DataFrame):
+            df.to_parquet(buf, index=False)
+        else:
+            pq.write_table(df, buf)
         data = buf.getvalue()
         # Named by content: writing the very same rows twice leaves one part.
         final = f"{folder}/part-{hashlib.sha256(data).hexdigest()[:16]}.parquet"
@@ -66,9 +81,48 @@ class Lake:
         self.fs.mv(tmp, final)  # a rename on local disks: readers never see half a part
         return final
 
+    def _files(self, folder: str, dates=None) -> list[str]:
+        """Part files under ``folder``; with ``dates``, only those of these ``received_date`` partitions."""
+        roots = [folder] if dates is None else [f"{folder}/received_date={d}" for d in sorted(set(dates))]
+        return sorted(f for r in roots if self.fs.exists(r) for f in self.fs.find(r)
+                      if f.rsplit("/", 1)[-1].startswith("part-") and f.endswith(".parquet"))
+
+    def _dataset(self, folder: str, dates=None):
+        """The parts of ``folder`` as one ``pyarrow.dataset`` (with its ``received_date`` partition
+        column), or None when there are none."""
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        files = self._files(folder, dates)
+        if not files:
+            return None
+        hive = ds.HivePartitioning(pa.schema([("received_date", pa.string())]))
+        return ds.dataset(files, filesystem=self.fs, format="parquet", partitioning=hive,
+                          partition_base_dir=folder)
+
+    def _scan(self, folder: str, columns: list[str], ids=None, id_column: str = "message_id", dates=None,
+              where=None):
+        """Arrow table of ``columns`` of ``folder``: only the ``dates`` partitions, only rows whose
+        ``id_column`` is in ``ids`` (and that match the expression ``where``); None when empty."""
+        import pyarrow as pa
+        import pyarrow.dataset as ds
+
+        data = self._dataset(folder, dates)
+        if data is None:
+            return None
+        flt = where
+        if ids is not None:
+            flt = ds.field(id_column).isin(pa.array(list(ids), pa.string()))
+            flt = flt if where is None else flt & where
+        return data.to_table(columns=columns, filter=flt)
+
+    def _frame(self, folder: str, columns: list[str], **kw) -> pd.DataFrame:
+        table = self._scan(folder, columns, **kw)
+        return pd.DataFrame(columns=columns) if table is None else table.to_pandas()
+
     def _read_parts(self, folder: str, columns: list[str] | None = None) -> pd.DataFrame:
-        files = sorted(f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1].startswith("part-")
-                       and f.endswith(".parquet")) if self.fs.exists(folder) else []
+        """Every part of ``folder``, read whole (small folders whose parts differ in columns: quarantine)."""
+        files = self._files(folder)
         if not files:
             return pd.DataFrame(columns=columns or [])
         frames = []
@@ -82,16 +136,26 @@ class Lake:
     def messages_dir(self) -> str:
         return self._path("messages")
 
-    def message_ids(self) -> set[str]:
-        return set(self._read_parts(self.messages_dir, ["message_id"])["message_id"])
+    def partitions(self) -> dict[str, int]:
+        """Rows per ``received_date`` partition of the messages (from the parts' footers only)."""
+        data = self._dataset(self.messages_dir)
+        counts: dict[str, int] = {}
+        for frag in [] if data is None else data.get_fragments():
+            date = frag.path.rsplit("received_date=", 1)[-1].split("/", 1)[0]
+            counts[date] = counts.get(date, 0) + frag.count_rows()
+        return dict(sorted(counts.items()))
 
     def append_messages(self, df: pd.DataFrame, source: str, received_at: datetime | None = None) -> int:
         """Append rows (``message_id, text`` and optional ``gold_label``) not yet in the lake.
 
-        Returns the number of rows added; a second call with the same rows adds 0.
+        Returns the number of rows added; a second call with the same rows adds 0. The dedup reads
+        only the lake's ``message_id`` column, filtered to this batch's ids in Arrow.
         """
         received_at = received_at or datetime.now(timezone.utc)
-        new = df[~df["message_id"].isin(self.message_ids())].drop_duplicates("message_id")
+        batch = df.drop_duplicates("message_id")
+        known = self._scan(self.messages_dir, ["message_id"], ids=batch["message_id"].astype(str))
+        known_ids = set() if known is None else set(known.column(0).to_pylist())
+        new = batch[~batch["message_id"].astype(str).isin(known_ids)]
         if new.empty:
             return 0
         out = pd.DataFrame({
@@ -106,10 +170,31 @@ class Lake:
         return len(out)
 
     def has_source(self, source: str) -> bool:
-        return bool((self._read_parts(self.messages_dir, ["source"])["source"] == source).any())
+        import pyarrow.dataset as ds
 
-    def messages(self) -> pd.DataFrame:
-        df = self._read_parts(self.messages_dir, MESSAGE_COLUMNS)
+        table = self._scan(self.messages_dir, ["source"], where=ds.field("source") == source)
+        return table is not None and table.num_rows > 0
+
+    def messages(self, ids=None, dates=None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Messages (:data:`MESSAGE_COLUMNS`, or ``columns``; ``received_date`` is the partition),
+        all or only those whose id is in ``ids`` / that arrived on ``dates``; one row per id."""
+        df = self._frame(self.messages_dir, columns or MESSAGE_COLUMNS, ids=ids, dates=dates)
+        return df.drop_duplicates("message_id", keep="first").reset_index(drop=True)
+
+    def arrival(self, at=None) -> list[str]:
+        """Ids of the messages stored by the ingest at ``at`` (a timestamp; default the latest one)."""
+        table = self._scan(self.messages_dir, ["message_id", "received_at"])
+        if table is None or table.num_rows == 0:
+            return []
+        df = table.to_pandas()
+        at = df["received_at"].max() if at is None else pd.Timestamp(at)
+        return df.loc[df["received_at"] == at, "message_id"].drop_duplicates().tolist()
+
+    def gold_messages(self, columns: list[str]) -> pd.DataFrame:
+        """``columns`` of the messages that arrived with a gold label (corrections not applied)."""
+        import pyarrow.dataset as ds
+
+        df = self._frame(self.messages_dir, columns, where=ds.field("gold_label").is_valid())
         return df.drop_duplicates("message_id", keep="first").reset_index(drop=True)
 
     # ---- gold label corrections (from feedback) -----------------------------
@@ -178,15 +263,32 @@ class Lake:
     def labels_dir(self, teacher_version: str) -> str:
         return self._path("labels", str(teacher_version))
 
-    def labels(self, teacher_version: str) -> pd.DataFrame:
-        df = self._read_parts(self.labels_dir(teacher_version))
+    def labels(self, teacher_version: str, columns: list[str] | None = None, ids=None) -> pd.DataFrame:
+        """Soft labels of this teacher version (every column, or ``columns``; all ids or ``ids``)."""
+        folder = self.labels_dir(teacher_version)
+        if columns is None:
+            data = self._dataset(folder)
+            columns = [] if data is None else [c for c in data.schema.names if c != "received_date"]
+        df = self._frame(folder, columns, ids=ids)
         return df.drop_duplicates("message_id", keep="first").reset_index(drop=True) if len(df) else df
 
+    def unlabeled_ids(self, teacher_version: str) -> list[str]:
+        """Ids of the messages this teacher version has not labeled yet, in lake order (ids only)."""
+        import pyarrow.compute as pc
+
+        msgs = self._scan(self.messages_dir, ["message_id"])
+        if msgs is None:
+            return []
+        done = self._scan(self.labels_dir(teacher_version), ["message_id"])
+        ids = msgs.column(0) if done is None else msgs.column(0).filter(
+            pc.invert(pc.is_in(msgs.column(0), value_set=done.column(0).combine_chunks())))
+        return list(dict.fromkeys(ids.to_pylist()))
+
     def unlabeled(self, teacher_version: str) -> pd.DataFrame:
-        """Messages this teacher version has not labeled yet."""
-        msgs = self.messages()
-        done = set(self.labels(teacher_version).get("message_id", pd.Series(dtype=str)))
-        return msgs[~msgs["message_id"].isin(done)].reset_index(drop=True)
+        """Messages this teacher version has not labeled yet (texts read for those rows only)."""
+        ids = self.unlabeled_ids(teacher_version)
+        msgs = self.messages(ids=ids) if ids else self.messages(ids=[])
+        return msgs.set_index("message_id").loc[ids].reset_index() if ids else msgs
 
     def append_labels(self, teacher_version: str, df: pd.DataFrame) -> int:
         """Store soft labels (``message_id, probs, label, confidence``)."""
@@ -223,6 +325,15 @@ class Lake:
             return []
         return [json.loads(self.fs.cat_file(p)) for p in sorted(self.fs.find(folder)) if p.endswith(".json")]
 
+    def record_training(self, night: str, training: dict) -> None:
+        """Add what ``night``'s student trained on (``kind``, row counts) to its ledger record."""
+        self.record_night(night, {**(self.night_record(night) or {"night": night}), "training": training})
+
+    def last_full_training(self) -> str | None:
+        """The latest night whose student trained on the whole lake (a full retrain or a cold start)."""
+        full = [r["night"] for r in self.nights() if (r.get("training") or {}).get("kind") in ("full", "cold")]
+        return max(full) if full else None
+
     def record_night(self, night: str, record: dict) -> None:
         self._put_json("nights", night, record)
 
@@ -242,3 +353,4 @@ class Lake:
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         self.fs.pipe_file(tmp, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
         self.fs.mv(tmp, f"{folder}/{name}.json")
+
