@@ -166,14 +166,14 @@ class Device:
         return self.tuf_status()
 
     def tuf_status(self) -> dict[str, Any]:
-        """``enrolled`` and the version of the root the device trusts now (None before a sync)."""
+        """``enrolled`` and the version of the root the device trusts now (the enrolled one before a sync)."""
         from edge.updater import ENROLLED_ROOT
 
         if not (self.tuf_dir / ENROLLED_ROOT).is_file():
             return {"enrolled": False}
-        trusted = self.tuf_dir / "metadata" / "root.json"
-        version = json.loads(trusted.read_bytes())["signed"]["version"] if trusted.is_file() else None
-        return {"enrolled": True, "root_version": version}
+        trusted = self.tuf_dir / "metadata" / "root.json"  # ngclient's cache, once a sync has run
+        root = json.loads((trusted if trusted.is_file() else self.tuf_dir / ENROLLED_ROOT).read_bytes())
+        return {"enrolled": True, "root_version": root["signed"]["version"]}
 
     def _tuf(self):
         """The device's :class:`edge.updater.TufUpdater`, or None when it is not enrolled."""

@@ -72,8 +72,10 @@ def test_rollback_reaches_enrolled_devices_as_a_new_higher_version(settings, edg
     rollout.release(store, v2, "canary healthy", "nightly")  # ... then stable
     assert stable.sync().status == "updated" and stable.current_version() == f"v{v2}"
 
-    # edgeloop rollback: champion and both channels back to v1, in new, higher TUF versions
+    # edgeloop rollback: champion and both channels back to v1, in new, higher TUF versions,
+    # signed with a rotated targets key (root v2 lists it; enrolled devices follow from root v1)
     trusted = json.loads((stable.tuf_dir / "metadata" / "targets.json").read_bytes())["signed"]["version"]
+    rollout.tuf_repository(store).rotate_key("targets")
     out = rollout.rollback(store, "v2 misroutes refunds", "carol")
     assert out["rolled_back"] == v2 and channels(settings) == {"canary": f"v{v1}", "stable": f"v{v1}"}
     for device in (stable, canary_dev):
@@ -82,6 +84,7 @@ def test_rollback_reaches_enrolled_devices_as_a_new_higher_version(settings, edg
             ("updated", f"v{v1}", f"v{v2}"), result
     now = json.loads((stable.tuf_dir / "metadata" / "targets.json").read_bytes())["signed"]["version"]
     assert now > trusted, "a rollback is a new targets version, not an old one served again"
+    assert stable.status()["tuf"] == {"enrolled": True, "root_version": 2}
 
     # the device command line: enroll, sync, status
     home, cli = tmp_path / "dev-cli", ["--bundles", str(_tuf_dir(settings))]
