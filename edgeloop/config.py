@@ -130,6 +130,12 @@ class StudentConfig(_Section):
     alpha: float = Field(0.7, ge=0, le=1, description="Weight of the distillation term.")
     warm_start: bool = Field(True, description="Start from the champion's weights when compatible.")
     warm_start_epochs: int = Field(6, gt=0, description="Epochs when warm-started.")
+    replay_size: int = Field(4000, ge=0, description="A warm-started night trains on its new rows plus this "
+                             "many earlier rows, sampled by intent from a few past days (bounded nights).")
+    replay_gold_share: float = Field(0.2, ge=0, le=1, description="Share of the replay drawn from gold rows "
+                                     "(seed, corrections), by intent.")
+    full_retrain_every_days: int = Field(0, ge=0, description="Train on the whole lake when the ledger's last "
+                                         "full retrain is this many days old; 0 = only on demand (--full-retrain).")
     hidden_weight: float = Field(3.0, ge=0, description="Weight of the sentence-vector term (student's "
                                  "mean-pooled last layer vs the teacher's, cosine); 0 = logits only.")
     augment_copies: int = Field(2, ge=0, description="Teacher-labeled perturbed copies of each "

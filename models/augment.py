@@ -90,6 +90,11 @@ def augment_texts(texts: list[str], copies: int, seed: int = 13, max_rows: int |
     Deterministic for a given ``seed`` and input order. Copies equal to a source text or to an
     earlier copy are dropped.
     """
+    return [text for _, text in augment_pairs(texts, copies, seed, max_rows)]
+
+
+def augment_pairs(texts: list[str], copies: int, seed: int = 13, max_rows: int | None = None) -> list[tuple[int, str]]:
+    """Like :func:`augment_texts`, each copy with the index of the text it was made from."""
     if copies <= 0 or not texts:
         return []
     rng = random.Random(seed)
@@ -101,7 +106,7 @@ def augment_texts(texts: list[str], copies: int, seed: int = 13, max_rows: int |
     seen = set(texts)
     order = list(range(len(texts)))
     rng.shuffle(order)
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     limit = max_rows if max_rows is not None else copies * len(texts)
     for _ in range(copies):
         for i in order:
@@ -110,5 +115,5 @@ def augment_texts(texts: list[str], copies: int, seed: int = 13, max_rows: int |
             new = rng.choice(ops)(texts[i]).strip()
             if new and new not in seen:
                 seen.add(new)
-                out.append(new)
+                out.append((i, new))
     return out

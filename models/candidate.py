@@ -1,4 +1,4 @@
-"""Train: the night's candidate, distilled from the lake's teacher labels and exported for the edge."""
+"""Train: the night's candidate, distilled from the lake's teacher outputs and exported for the edge."""
 
 from __future__ import annotations
 
@@ -7,45 +7,58 @@ from pathlib import Path
 
 from data_contracts.lake import Lake
 from edgeloop.config import StudentConfig
-from models.relabel import transfer_set
 from models.teacher_store import TeacherRef
 
 
 def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, label_names: list[str],
                     out_dir: Path, champion: tuple[str | None, Path | None] = (None, None), *,
-                    threads: int = 0, on_epoch=None) -> dict:
-    """Distill a student from the lake's labels by ``ref``; write ``out_dir/{student,edge}``.
+                    threads: int = 0, on_epoch=None, full_retrain: bool = False, last_full: str | None = None,
+                    night: str | None = None) -> dict:
+    """Distill a student from the lake's outputs of the teacher ``ref``; write ``out_dir/{student,edge}``.
 
-    ``teacher`` is the loaded teacher of ``ref`` (it labels the augmented texts and gives the
-    sentence vectors); ``champion`` is (version, folder) of the current champion, whose weights
-    start the student when ``cfg.warm_start`` and the shapes agree. Returns the training summary.
+    ``teacher`` is the loaded teacher of ``ref``: it computes only the sentence vectors and
+    augmented copies the lake does not hold yet. ``champion`` is (version, folder) of the current
+    champion, whose weights start the student when ``cfg.warm_start`` and the shapes agree. A
+    warm-started night trains on the rows the champion has not seen plus a bounded replay
+    (:mod:`models.replay`); ``full_retrain``, a new teacher, or ``cfg.full_retrain_every_days``
+    after ``last_full`` (the ledger's last full-retrain night, ``night`` being tonight) train on
+    every row. Returns the training summary (``training_kind``, row counts, ...).
     """
-    from models.distill import distill, prepare_transfer, recipe
+    from models.distill import distill, recipe
     from models.quantize import write_edge_folder
+    from models.replay import cutoffs, read_mark, select_rows, training_kind, write_mark
     from models.student import build_student, compatible, load_student, n_params, save_student
     from models.training import set_threads
+    from models.transfer import teacher_targets
 
     set_threads(threads)
-    texts, probs, gold = transfer_set(lake, ref, label_names)
-    if not texts:
-        raise ValueError("the lake holds no teacher-labeled messages: nothing to train on")
     champ_version, champ = champion
     warm = bool(cfg.warm_start and champ and compatible(champ / "student", label_names, cfg))
+    mark = read_mark(champ / "student") if warm else None
+    kind, why = training_kind(cfg, warm, mark, ref.cache_key, full_retrain, last_full, night)
+    rows = select_rows(lake, ref.cache_key, cfg, kind, mark, cfg.seed)
+    if rows.empty:
+        raise ValueError("the lake holds no teacher-labeled messages: nothing to train on")
     if warm:
         model, tokenizer = load_student(champ / "student")
     else:
-        model, tokenizer = build_student(ref.folder, texts, label_names, cfg)
+        model, tokenizer = build_student(ref.folder, rows["text"].tolist(), label_names, cfg)
     epochs = cfg.warm_start_epochs if warm else cfg.epochs
-    n_source = len(texts)  # + teacher-labeled augmented copies and the teacher's sentence vectors
-    texts, probs, gold, hidden = prepare_transfer(teacher, texts, probs, gold, cfg)
+    texts, probs, gold, hidden, computed = teacher_targets(lake, ref.cache_key, teacher, rows, label_names, cfg)
     history = distill(model, tokenizer, texts, probs, gold, cfg, epochs=epochs, on_epoch=on_epoch,
                       teacher_hidden=hidden)
+    roles = rows["role"].value_counts()
+    summary = {"training_kind": kind, "training_reason": why, "n_train": len(rows),
+               "n_new": int(roles.get("new", 0)), "n_replay": int(roles.get("replay", 0)),
+               "n_replay_gold": int(roles.get("gold", 0)), "n_augmented": len(texts) - len(rows),
+               "n_rows_trained": len(texts), **computed}
     shutil.rmtree(out_dir, ignore_errors=True)
     save_student(model, tokenizer, out_dir / "student")
+    write_mark(out_dir / "student", {**summary, **cutoffs(rows, lake, mark, kind),
+                                     "teacher_version": ref.cache_key, "night": night})
     write_edge_folder(model, tokenizer, out_dir / "edge", cfg.max_length, backend=cfg.quantize)
     return {"folder": str(out_dir), "warm_start_from": champ_version if warm else None,
-            "epochs": epochs, "n_train": n_source, "n_augmented": len(texts) - n_source,
-            "hidden_distillation": hidden is not None,
+            "epochs": epochs, **summary, "hidden_distillation": hidden is not None,
             "n_gold": int((gold >= 0).sum()), **recipe(cfg),
             "n_params": n_params(model), "vocab_size": int(model.config.vocab_size),
             "final_loss": history[-1]["loss"], "history": history}

@@ -1,7 +1,7 @@
 """Relabel: the teacher labels the lake's new messages; the night checks and gathers those labels.
 
 Labels are cached in the lake per (message, teacher version), so a night labels only what that
-teacher version has not seen.
+teacher version has not seen; the night reads only the ids and texts it labels.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from models.teacher_store import TeacherRef, relabel_teacher
 
 def pending_shards(lake: Lake, ref: TeacherRef, n_shards: int) -> list[list[str]]:
     """Ids of messages this teacher version has not labeled, split into ``n_shards`` lists."""
-    ids = lake.unlabeled(ref.cache_key)["message_id"].tolist()
+    ids = lake.unlabeled_ids(ref.cache_key)
     return [s for s in (ids[i::n_shards] for i in range(n_shards)) if s]
 
 
@@ -31,7 +31,7 @@ def label_shard(cfg: TeacherConfig, lake: Lake, ref: TeacherRef, ids: list[str])
     """
     from data_contracts.contracts import validate_teacher_labels
 
-    msgs = lake.messages().set_index("message_id").loc[ids]
+    msgs = lake.messages(ids=ids, columns=["message_id", "text"]).set_index("message_id").loc[ids]
     teacher = relabel_teacher(cfg, ref)
     probs = teacher.predict_proba(msgs["text"].tolist())
     labels = np.array(teacher.labels)[probs.argmax(1)]
@@ -44,29 +44,27 @@ def label_shard(cfg: TeacherConfig, lake: Lake, ref: TeacherRef, ids: list[str])
     return result.summary()
 
 
-def check_batch_labels(lake: Lake, ref: TeacherRef, split: Split, cfg: ContractsConfig, report_dir: Path):
-    """The batch-level label contract on everything ``ref`` labeled: drift from the seed's label mix,
-    mean confidence. Writes its report to ``report_dir``.
+def check_batch_labels(lake: Lake, ref: TeacherRef, split: Split, cfg: ContractsConfig, report_dir: Path,
+                       night: str | None = None):
+    """The batch-level label contract (drift from the seed's label mix, mean confidence) on the
+    labels ``ref`` gave tonight's arrivals: the messages stored by ``night``'s ingest (its ledger's
+    ``ingested_at``; the latest arrival when it stored none). Without ``night``: on every label
+    of ``ref``. Writes its report to ``report_dir``.
 
     Returns (the contract result, report files, mean confidence); the caller decides to stop the
     night with ``result.raise_for_failures()``.
     """
     from data_contracts.contracts import validate_teacher_labels, write_report
 
-    labels = lake.labels(ref.cache_key)
+    if night is None:
+        labels = lake.labels(ref.cache_key)
+    else:
+        record = lake.night_record(night) or {}
+        ids = lake.arrival(record["ingested_at"]) if record.get("ingested_at") else []
+        labels = lake.labels(ref.cache_key, ids=ids or lake.arrival())
     seed_mix = split.seed["label"].value_counts(normalize=True).to_dict()
     result = validate_teacher_labels(labels, split.labels, seed_mix, max_drift=cfg.max_label_drift,
                                      min_mean_confidence=cfg.min_mean_confidence)
     files = write_report([result], report_dir)
     mean_confidence = float(labels["confidence"].mean()) if len(labels) else 0.0
     return result, files, mean_confidence
-
-
-def transfer_set(lake: Lake, ref: TeacherRef, label_names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(texts, teacher probabilities, gold ids or -1) for every labeled message in the lake."""
-    msgs = lake.training_messages()
-    soft = lake.labels(ref.cache_key)
-    df = msgs.merge(soft[["message_id", "probs"]], on="message_id", how="inner")
-    index = {n: i for i, n in enumerate(label_names)}
-    gold = df["gold_label"].map(lambda v: index.get(v, -1) if isinstance(v, str) else -1).to_numpy()
-    return df["text"].tolist(), np.stack(df["probs"].to_numpy()).astype(np.float32), gold.astype(np.int64)
