@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     night.add_argument("--input", metavar="FILE",
                        help="a shop's export of new messages (configured format) instead of the replayed stream")
     night.add_argument("--force", action="store_true", help="run the night even if the ledger says it completed")
+    night.add_argument("--full-retrain", action="store_true",
+                       help="train on every row of the lake tonight, not on the new rows plus a bounded replay")
     _common(night)
     boot = sub.add_parser("bootstrap-teacher", help="fine-tune and register the teacher",
                           description="Fine-tune the MiniLM teacher on the seed and register teacher@production.")
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "night":
             from flows.nightly import nightly
 
-            summary = nightly(night=args.night, input_file=args.input, config=config, force=args.force)
+            summary = nightly(night=args.night, input_file=args.input, config=config, force=args.force,
+                              full_retrain=args.full_retrain)
             if summary.get("skipped"):
                 _print_summary("night skipped", summary, args.json)
                 return 0

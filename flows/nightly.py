@@ -26,7 +26,7 @@ class InputNotIngested(RuntimeError):
 
 @flow(name="nightly", log_prints=True)
 def nightly(night: str | None = None, input_file: str | None = None, config: dict | None = None,
-            force: bool = False) -> dict:
+            force: bool = False, full_retrain: bool = False) -> dict:
     """One night of the loop.
 
     Args:
@@ -39,6 +39,8 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
             silently dropped.
         config: settings overrides, e.g. ``{"student": {"epochs": 4}}``.
         force: run a night the ledger records as completed again (otherwise it is skipped).
+        full_retrain: train tonight's student on every row of the lake, not on the new rows plus
+            a bounded replay (see ``student.replay_size`` and ``student.full_retrain_every_days``).
 
     Only one night runs at a time (``flows.guard.exclusive_night``); a night that finds another
     running, or finds itself already completed, returns ``{"night": ..., "skipped": reason}``.
@@ -53,12 +55,12 @@ def nightly(night: str | None = None, input_file: str | None = None, config: dic
                                    f"edgeloop night --night {night.split('+')[0]} --input {input_file} --force")
         if skipped:
             return {"night": night, "skipped": skipped}
-        summary = _night(settings, night, input_file)
+        summary = _night(settings, night, input_file, full_retrain)
         mark_completed(settings, night, summary)
         return summary
 
 
-def _night(settings, night: str, input_file: str | None) -> dict:
+def _night(settings, night: str, input_file: str | None, full_retrain: bool = False) -> dict:
     """The night's steps, run under :func:`nightly`'s guard."""
     lake, store = Lake(settings.lake_root()), StudentStore.from_settings(settings)  # one each per night
     data = load_data(settings)
@@ -74,7 +76,7 @@ def _night(settings, night: str, input_file: str | None) -> dict:
         shards = t.plan_relabel(settings.teacher, lake, ref)
         labeled = relabel_all(settings, lake, ref, shards)
         label_contract = t.check_labels(settings, lake, data, ref, night, run_id)
-        candidate = t.train_student(settings, lake, store, data, ref, night, run_id)
+        candidate = t.train_student(settings, lake, store, data, ref, night, run_id, full_retrain)
         evaluation = t.evaluate(settings, lake, store, data, ref, candidate, run_id)
         decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
         meta = t.lineage(settings, data, ref, night, run_id, evaluation)

@@ -114,7 +114,7 @@ def check_labels(settings: Settings, lake: Lake, data: SplitRef, ref: TeacherRef
     from models.relabel import check_batch_labels
 
     result, files, mean_confidence = check_batch_labels(lake, ref, data.load(), settings.contracts,
-                                                        _work(settings, night) / "contracts" / "teacher")
+                                                        _work(settings, night) / "contracts" / "teacher", night)
     with tracking.step_run(experiment(settings), parent_run_id, "teacher-labels"):
         import mlflow
 
@@ -129,8 +129,9 @@ def check_labels(settings: Settings, lake: Lake, data: SplitRef, ref: TeacherRef
 
 @task(name="train-student")
 def train_student(settings: Settings, lake: Lake, store: StudentStore, data: SplitRef, ref: TeacherRef,
-                  night: str, parent_run_id: str) -> dict:
-    """Distill, quantize and export the candidate; returns its folder and training summary."""
+                  night: str, parent_run_id: str, full_retrain: bool = False) -> dict:
+    """Distill, quantize and export the candidate (bounded, or on every row with ``full_retrain``);
+    records the training kind in the night's ledger; returns its folder and training summary."""
     from models.candidate import train_candidate
     from models.teacher_store import load_teacher
     from tasks.hooks import crash_point
@@ -141,13 +142,18 @@ def train_student(settings: Settings, lake: Lake, store: StudentStore, data: Spl
 
         result = train_candidate(settings.student, lake, ref, load_teacher(settings.teacher, ref),
                                  list(data.labels), _work(settings, night) / "candidate", champion_folder(store),
-                                 threads=settings.torch_threads,
+                                 threads=settings.torch_threads, full_retrain=full_retrain,
+                                 last_full=lake.last_full_training(), night=night,
                                  on_epoch=lambda e: mlflow.log_metrics({"loss": e.loss, **e.extra}, step=e.epoch))
         mlflow.log_params({k: v for k, v in result.items() if k not in ("history", "folder")})
         mlflow.log_param("teacher_version", ref.version)
         result["run_id"] = run.info.run_id
-    get_run_logger().info("student: %d rows (%d gold), %d params, final loss %.4f%s", result["n_train"],
-                          result["n_gold"], result["n_params"], result["final_loss"],
+    lake.record_training(night, {"kind": result["training_kind"], "reason": result["training_reason"],
+                                 **{k: result[k] for k in ("n_train", "n_new", "n_replay", "n_rows_trained")}})
+    get_run_logger().info("student: %s training (%s) on %d rows (%d new, %d replay, %d gold), %d params, "
+                          "final loss %.4f%s", result["training_kind"], result["training_reason"], result["n_train"],
+                          result["n_new"], result["n_replay"] + result["n_replay_gold"], result["n_gold"],
+                          result["n_params"], result["final_loss"],
                           f", warm start from v{result['warm_start_from']}" if result["warm_start_from"] else "")
     return result
 
@@ -167,7 +173,7 @@ def evaluate(settings: Settings, lake: Lake, store: StudentStore, data: SplitRef
         golden, load_teacher(settings.teacher, ref), ref.folder, Path(candidate["folder"]) / "edge",
         champion / "edge" if champion else None, latency_runs=cfg.latency_runs,
         teacher_latency_runs=cfg.teacher_latency_runs, behaviour_texts=cfg.behaviour_texts)
-    stream_acc = teacher_stream_accuracy(split, lake.labels(ref.cache_key))
+    stream_acc = teacher_stream_accuracy(split, lake.labels(ref.cache_key, ["message_id", "label"]))
     with tracking.step_run(experiment(settings), parent_run_id, "evaluate") as run:
         import mlflow
 
@@ -220,7 +226,7 @@ def register(store: StudentStore, evaluation: dict, candidate: dict, decision, m
     from models.registration import register_candidate
 
     version, card = register_candidate(store, candidate["run_id"], Path(candidate["folder"]), decision,
-                                       evaluation["results"], meta)
+                                       evaluation["results"], meta, eval_run_id=evaluation["run_id"])
     create_markdown_artifact(key="model-card", markdown=card,
                              description=f"{store.name} v{version}: gate {'PASS' if decision.passed else 'FAIL'}")
     return version
