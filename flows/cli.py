@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--reason", required=True, help="why (recorded in the history and on the version)")
     back.add_argument("--by", help="who (default: the current user)")
     _common(back)
+    rot = sub.add_parser("rotate-key", help="rotate a TUF role's signing keys (devices follow the new root)",
+                         description="Replace the keys of a TUF role: a new root version lists the new keys, "
+                         "signed by the old and the new root keys; the revoked private keys are deleted.")
+    rot.add_argument("role", choices=["root", "targets", "snapshot", "timestamp"])
+    _common(rot)
     hist = sub.add_parser("history", help="print the student's promotion history",
                           description="Every promotion, rollback and stable release, oldest first.")
     hist.add_argument("--last", type=int, default=0, help="only the last N entries")
@@ -111,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     config = settings.model_dump(mode="json")
     if args.command == "history":
         _history(settings, args.last, args.json)
+        return 0
+    if args.command == "rotate-key":
+        from models.rollout import tuf_repository
+        from models.stores import StudentStore
+
+        keys = tuf_repository(StudentStore.from_settings(settings)).rotate_key(args.role)
+        _print_summary("key rotated", {"role": args.role, "new_key_ids": ", ".join(keys)}, args.json)
         return 0
     try:
         if args.command in ("promote", "rollback"):
