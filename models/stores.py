@@ -38,8 +38,8 @@ class StudentStore:
         return self.home / "cache"
 
     def history(self) -> list[dict]:
-        """The promotion history, oldest first."""
-        return registry.read_history(self.home, self.name)
+        """The promotion history, oldest first (the registry's, with any local-only entry)."""
+        return registry.read_history(self.home, self.name, self.tracking_uri)
 
     def alias(self, alias: str) -> str | None:
         """The version ``alias`` points to, or None."""
@@ -52,7 +52,8 @@ def champion_folder(store: StudentStore) -> tuple[str | None, Path | None]:
     if version is None:
         return None, None
     dst = store.cache_dir / "student" / version
-    if not (dst / "model" / "edge" / "model.onnx").exists():
+    files = registry.downloaded_files(dst)
+    if files is None or not (files / "edge" / "model.onnx").exists():
         shutil.rmtree(dst, ignore_errors=True)
-        registry.download_version(store.tracking_uri, store.name, version, dst)
-    return version, dst / "model"
+        files = registry.download_version(store.tracking_uri, store.name, version, dst)
+    return version, files

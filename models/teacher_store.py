@@ -40,13 +40,14 @@ def resolve_teacher(tracking_uri: str, cfg: TeacherConfig, cache_dir: Path) -> T
         raise LookupError(f"no registered model '{name}@{alias}' in {tracking_uri}: "
                           f"run `edgeloop bootstrap-teacher` first")
     dst = Path(cache_dir) / "teacher" / version
-    if not (dst / "model" / "config.json").exists():
+    files = registry.downloaded_files(dst)
+    if files is None or not (files / "config.json").exists():
         tmp = dst.with_name(f"{version}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        registry.download_version(tracking_uri, name, version, tmp)
+        files = dst / registry.download_version(tracking_uri, name, version, tmp).relative_to(tmp)
         shutil.rmtree(dst, ignore_errors=True)
         tmp.rename(dst)
-    return TeacherRef(version, str(dst / "model"))
+    return TeacherRef(version, str(files))
 
 
 @lru_cache(maxsize=2)
