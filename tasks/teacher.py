@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from edgeloop.config import Settings
-from models import registry, tracking
+from models import tracking
 from models.teacher import base_model_path
 from tasks.common import SplitRef, experiment, task
 
@@ -19,6 +22,7 @@ def fine_tune(settings: Settings, data: SplitRef) -> dict:
     """
     import mlflow
 
+    from models.mlflow_models import save_teacher
     from models.teacher_store import bootstrap_teacher
 
     out = settings.home_path() / "work" / "teacher"
@@ -39,22 +43,24 @@ def fine_tune(settings: Settings, data: SplitRef) -> dict:
                                          threads=settings.torch_threads, on_epoch=on_epoch)
         tracking.log_eval("golden.", result)
         tracking.log_eval_artifacts({"teacher": result})
-        mlflow.log_artifacts(str(out / "model"), "model")
+        with tempfile.TemporaryDirectory() as tmp:  # the MLflow model a reviewer loads with mlflow.pyfunc
+            mlflow.log_artifacts(str(save_teacher(out / "model", Path(tmp) / "model", settings.teacher.max_length)),
+                                 "model")
     logger.info("teacher golden accuracy %.4f, macro-F1 %.4f on %d rows", result.accuracy, result.macro_f1, result.n)
     return {"run_id": run.info.run_id, "accuracy": result.accuracy, "macro_f1": result.macro_f1,
-            "n_train": info["n_train"], "split_hash": data.split_hash}
+            "n_train": info["n_train"], "split_hash": data.split_hash,
+            "base_model": str(base_model_path(settings.teacher))}
 
 
 @task(name="register-teacher", retries=2, retry_delay_seconds=5)
 def register_teacher(settings: Settings, trained: dict, promote: bool) -> dict:
-    """Register the run's model as a new teacher version; alias it ``production`` if asked."""
-    name, uri = settings.teacher.registered_name, settings.tracking_uri()
-    version = registry.register_version(uri, name, trained["run_id"], "model",
-                                        tags={"golden.accuracy": trained["accuracy"],
-                                              "golden.macro_f1": trained["macro_f1"],
-                                              "split_hash": trained["split_hash"]})
-    if promote:
-        registry.client(uri).set_registered_model_alias(name, settings.teacher.alias, version)
+    """Register the run's model as a new teacher version, its card as the description; alias it
+    ``production`` if asked."""
+    from models.registration import register_teacher as register
+
+    name = settings.teacher.registered_name
+    version = register(settings.tracking_uri(), name, trained["run_id"], trained,
+                       settings.teacher.alias if promote else None)
     create_table_artifact(key="teacher", table=[{**trained, "version": version, "promoted": promote}])
     get_run_logger().info("registered %s v%s%s", name, version, f" as @{settings.teacher.alias}" if promote else "")
     return {**trained, "version": version, "name": name}
