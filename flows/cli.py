@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _history(settings, last: int, as_json: bool) -> None:
     from models.registry import read_history
 
-    history = read_history(settings.home_path(), settings.mlflow.student_model_name)
+    history = read_history(settings.home_path(), settings.mlflow.student_model_name, settings.tracking_uri())
     history = history[-last:] if last > 0 else history
     if as_json:
         print(json.dumps(history, indent=2))
