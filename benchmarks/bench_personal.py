@@ -330,6 +330,7 @@ def main(argv=None) -> int:
     ap.add_argument("--l2", type=float, default=None, help="patch L2 (default: the device default)")
     ap.add_argument("--gate-max-p", type=float, default=None, help="gate_max_p (default: the device default)")
     ap.add_argument("--no-learning-back", dest="learning_back", action="store_false")
+    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/personalization[-DATASET].json)")
     ap.add_argument("--features", choices=["logits", "pooled", "both"], default="both")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -344,10 +345,10 @@ def main(argv=None) -> int:
             block["text_bytes_uploaded"] = lb.get("text_bytes_in_uploads", 0)
     result["text_bytes_uploaded"] = max(b["text_bytes_uploaded"] for b in result["by_features"].values())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"personalization{suffix}.json"
+    out = Path(args.out) if args.out else RESULTS / f"personalization{suffix}.json"
     out.write_text(json.dumps(result, indent=2))
     report(result)
-    print(f"wrote {out.relative_to(ROOT)} in {result['wall_s']} s")
+    print(f"wrote {out} in {result['wall_s']} s")
     return 0
 
 

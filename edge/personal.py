@@ -23,10 +23,11 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from edge.feedback import FEEDBACK_DIR
 from edge.patch import (MAX_PATCH_BYTES, Patch, PatchError, base_outputs,
                         changes, estimate_bytes, fit_patch, labels_sha256, load_patch, save_patch,
                         softmax)
@@ -284,3 +285,16 @@ class Personalizer:
 def record_all(personalizer: Personalizer, events: Iterable[dict[str, Any]]) -> int:
     """Store the examples of many feedback events (e.g. a device's existing feedback files)."""
     return sum(personalizer.record(e) for e in events)
+
+
+def feedback_events(home: str | Path) -> Iterator[dict[str, Any]]:
+    """The events of a device's feedback files (``home/feedback/*.jsonl``), oldest file first;
+    lines that are not JSON objects (a torn write) are skipped."""
+    for path in sorted((Path(home) / FEEDBACK_DIR).glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield event

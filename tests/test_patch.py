@@ -10,12 +10,13 @@ import uuid
 import numpy as np
 import pytest
 
-from edge.feedback import make_event, message_id
+from edge.feedback import append_event, make_event, message_id
 from edge.patch import (IncompatiblePatch, Patch, PatchError, base_fingerprint, base_outputs,
                         fit_patch, labels_sha256, load_patch, save_patch)
 from edge.patch_upload import (PrivacyLedger, assert_no_text, build_upload, clip, gaussian_sigma,
                                upload_matrix, validate_upload)
-from edge.personal import PersonalConfig, Personalizer, gate_patch, sign_test_p
+from edge.personal import (PersonalConfig, Personalizer, feedback_events, gate_patch, record_all,
+                           sign_test_p)
 from edge.predictor import OnnxPredictor
 from models.federated import (add_pooled_output, aggregate_uploads, apply_delta_onnx,
                               apply_delta_safetensors, fedavg, fold_delta)
@@ -307,3 +308,18 @@ def test_delta_folds_into_a_float_students_safetensors(tmp_path):
     np.testing.assert_array_equal(got["bert.pooler.dense.weight"], other)  # nothing else moves
     with pytest.raises(ValueError, match="pooled delta is"):
         apply_delta_safetensors(tmp_path, rng.normal(size=(9, 3)), "pooled")
+
+
+def test_a_devices_existing_feedback_files_become_examples(tmp_path):
+    events = [_event("wheres my stuff", "get_refund", "track_order"),  # a correction
+              _event("cancel my order", "cancel_order", "cancel_order"),  # accepted
+              {**_event("no idea", "get_refund", "get_refund"), "accepted": False}]  # rejected, no label
+    for e in events:
+        append_event(tmp_path, e)
+    with open(tmp_path / "feedback" / "2000-01-01.jsonl", "w") as fh:
+        fh.write('{"torn": \n')
+    pers = Personalizer(tmp_path)
+    assert record_all(pers, feedback_events(tmp_path)) == 2
+    mids, texts, y = pers.examples(LABELS)
+    assert texts == ["wheres my stuff", "cancel my order"]
+    assert [LABELS[i] for i in y] == ["track_order", "cancel_order"]
