@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from data_contracts.lake import Lake
@@ -22,7 +23,7 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     warm-started night trains on the rows the champion has not seen plus a bounded replay
     (:mod:`models.replay`); ``full_retrain``, a new teacher, or ``cfg.full_retrain_every_days``
     after ``last_full`` (the ledger's last full-retrain night, ``night`` being tonight) train on
-    every row. Returns the training summary (``training_kind``, row counts, ...).
+    every row. Returns the training summary (``training_kind``, row counts, ``seconds`` per step, ...).
     """
     from models.distill import distill, recipe
     from models.quantize import write_edge_folder
@@ -32,6 +33,14 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     from models.transfer import teacher_targets
 
     set_threads(threads)
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        seconds[step] = round(now - clock[0], 2)
+        clock[0] = now
+
     champ_version, champ = champion
     warm = bool(cfg.warm_start and champ and compatible(champ / "student", label_names, cfg))
     mark = read_mark(champ / "student") if warm else None
@@ -39,14 +48,17 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     rows = select_rows(lake, ref.cache_key, cfg, kind, mark, cfg.seed)
     if rows.empty:
         raise ValueError("the lake holds no teacher-labeled messages: nothing to train on")
+    lap("select_rows")
     if warm:
         model, tokenizer = load_student(champ / "student")
     else:
         model, tokenizer = build_student(ref.folder, rows["text"].tolist(), label_names, cfg)
     epochs = cfg.warm_start_epochs if warm else cfg.epochs
     texts, probs, gold, hidden, computed = teacher_targets(lake, ref.cache_key, teacher, rows, label_names, cfg)
+    lap("teacher_targets")
     history = distill(model, tokenizer, texts, probs, gold, cfg, epochs=epochs, on_epoch=on_epoch,
                       teacher_hidden=hidden)
+    lap("distill")
     roles = rows["role"].value_counts()
     summary = {"training_kind": kind, "training_reason": why, "n_train": len(rows),
                "n_new": int(roles.get("new", 0)), "n_replay": int(roles.get("replay", 0)),
@@ -57,8 +69,9 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     write_mark(out_dir / "student", {**summary, **cutoffs(rows, lake, mark, kind),
                                      "teacher_version": ref.cache_key, "night": night})
     write_edge_folder(model, tokenizer, out_dir / "edge", cfg.max_length, backend=cfg.quantize)
+    lap("export")
     return {"folder": str(out_dir), "warm_start_from": champ_version if warm else None,
             "epochs": epochs, **summary, "hidden_distillation": hidden is not None,
             "n_gold": int((gold >= 0).sum()), **recipe(cfg),
             "n_params": n_params(model), "vocab_size": int(model.config.vocab_size),
-            "final_loss": history[-1]["loss"], "history": history}
+            "final_loss": history[-1]["loss"], "history": history, "seconds": seconds}

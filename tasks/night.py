@@ -145,7 +145,8 @@ def train_student(settings: Settings, lake: Lake, store: StudentStore, data: Spl
                                  threads=settings.torch_threads, full_retrain=full_retrain,
                                  last_full=lake.last_full_training(), night=night,
                                  on_epoch=lambda e: mlflow.log_metrics({"loss": e.loss, **e.extra}, step=e.epoch))
-        mlflow.log_params({k: v for k, v in result.items() if k not in ("history", "folder")})
+        mlflow.log_params({k: v for k, v in result.items() if k not in ("history", "folder", "seconds")})
+        mlflow.log_metrics({f"seconds_{k}": v for k, v in result["seconds"].items()})
         mlflow.log_param("teacher_version", ref.version)
         result["run_id"] = run.info.run_id
     lake.record_training(night, {"kind": result["training_kind"], "reason": result["training_reason"],
