@@ -114,6 +114,14 @@ class Lake(TeacherOutputs):
         if ids is not None:
             flt = ds.field(id_column).isin(pa.array(list(ids), pa.string()))
             flt = flt if where is None else flt & where
+            if set(columns) - {id_column, "received_date"}:
+                # Two passes: the id column says which parts hold these rows; only those are read whole.
+                hits = data.to_table(columns=["__filename"], filter=flt).column(0).unique().to_pylist()
+                if not hits:
+                    return data.to_table(columns=columns, filter=flt).slice(0, 0)
+                hive = ds.HivePartitioning(pa.schema([("received_date", pa.string())]))
+                data = ds.dataset(sorted(hits), filesystem=self.fs, format="parquet", partitioning=hive,
+                                  partition_base_dir=folder)
         return data.to_table(columns=columns, filter=flt)
 
     def _frame(self, folder: str, columns: list[str], **kw) -> pd.DataFrame:

@@ -112,7 +112,9 @@ def select_rows(lake: Lake, teacher_key: str, cfg: StudentConfig, kind: str, mar
     cut = pd.Timestamp(mark["trained_through"])
     fixed_after = pd.Timestamp(mark.get("corrections_through") or cut)
     parts = lake.partitions()
-    new = lake.messages(dates=[d for d in parts if d >= f"{cut:%Y-%m-%d}"], columns=ROW_COLUMNS)
+    # A day's margin: a partition is named by the arrival date in the writer's timezone, cut-offs are UTC.
+    new = lake.messages(dates=[d for d in parts if d >= f"{cut - pd.Timedelta(days=1):%Y-%m-%d}"],
+                        columns=ROW_COLUMNS)
     new = new[new["received_at"] > cut]
     corrected = corrections[corrections["at"] > fixed_after]["message_id"] if len(corrections) else []
     extra = set(corrected) - set(new["message_id"])
@@ -150,7 +152,7 @@ def _day_sample(lake: Lake, teacher_key: str, corrections: pd.DataFrame, parts: 
     """``n`` earlier rows by intent, from past days drawn at random until they hold POOL_FACTOR x n rows."""
     if n <= 0:
         return pd.DataFrame(columns=ROW_COLUMNS + ["probs", "label", "role"])
-    days = [d for d in parts if d <= f"{cut:%Y-%m-%d}"]
+    days = [d for d in parts if d <= f"{cut + pd.Timedelta(days=1):%Y-%m-%d}"]
     chosen, pool = [], 0
     for i in rng.permutation(len(days)):
         if pool >= POOL_FACTOR * n:
