@@ -66,3 +66,9 @@ status:
 .PHONY: bench-personal
 bench-personal: setup
 	$(BIN)/python -m benchmarks.bench_personal
+
+# Scale benchmark (benchmarks/README.md): one 2,000-row night on lakes of 10k, 100k and 700k messages
+# (built once under $EDGELOOP_HOME/bench-scale), relabel 100k rows on threads and on Dask.
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m benchmarks.bench_scale
