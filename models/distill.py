@@ -60,7 +60,9 @@ def teacher_outputs(model, tokenizer, texts: list[str], max_length: int, batch_s
 
 def prepare_transfer(teacher, texts: list[str], probs: np.ndarray, gold: np.ndarray, cfg: StudentConfig
                      ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
-    """The transfer set the student trains on: (texts, teacher probs, gold or -1, teacher vectors).
+    """A transfer set computed in full, nothing read from or stored in a lake: (texts, teacher probs,
+    gold or -1, teacher vectors). The night uses :func:`models.transfer.teacher_targets` instead,
+    which computes these once per (message, teacher version) and keeps them in the lake.
 
     Adds ``cfg.augment_copies`` teacher-labeled perturbed copies of the texts (see
     :mod:`models.augment`, seeded with ``cfg.seed``). When the teacher is a local transformers model (it has ``model`` and
