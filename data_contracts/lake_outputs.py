@@ -55,6 +55,12 @@ class TeacherOutputs:
             self._write_part(self._path("augmented", str(teacher_version), f"received_date={date}"), pa.table(cols))
         return len(df)
 
+    def augmented_parents(self, teacher_version: str, parent_ids, dates=None) -> set[str]:
+        """Which of ``parent_ids`` have stored copies (reads the ``parent_id`` column only)."""
+        table = self._scan(self._path("augmented", str(teacher_version)), ["parent_id"], ids=parent_ids,
+                           id_column="parent_id", dates=dates)
+        return set() if table is None else set(table.column(0).to_pylist())
+
     def augmented(self, teacher_version: str, parent_ids, dates=None) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
         """Stored copies of ``parent_ids``: (``parent_id, text`` frame, probs, vectors or None)."""
         folder = self._path("augmented", str(teacher_version))

@@ -60,11 +60,8 @@ def _augmented(lake: Lake, key: str, teacher, rows: pd.DataFrame, cfg: StudentCo
     stored (new rows first), then stored ones; (texts, probs, vectors or None)."""
     from models.augment import augment_pairs
 
-    ids = rows["message_id"].tolist()
-    old, old_p, old_v = lake.augmented(key, ids, dates=set(rows["received_date"]))
-    if local and old_v is None and len(old):  # copies stored without vectors cannot train the hidden term
-        old, old_p = old.iloc[:0], old_p[:0]
-    has = set(old["parent_id"])
+    ids, dates = rows["message_id"].tolist(), set(rows["received_date"])
+    has = lake.augmented_parents(key, ids, dates=dates)
     need = [i for i in range(len(rows)) if ids[i] not in has]
     pairs = augment_pairs([rows["text"].iat[i] for i in need], cfg.augment_copies, seed=cfg.seed,
                           max_rows=cfg.augment_max_rows)
@@ -83,15 +80,16 @@ def _augmented(lake: Lake, key: str, teacher, rows: pd.DataFrame, cfg: StudentCo
         if vecs is not None:
             vecs = vecs.astype(np.float16).astype(np.float32)
     room = max(0, cfg.augment_max_rows - len(texts))
+    old, old_p, old_v = (lake.augmented(key, [m for m in ids if m in has], dates=dates) if room and has
+                         else (pd.DataFrame(columns=["parent_id", "text"]), np.zeros((0, 0), np.float32), None))
+    if local and old_v is None and len(old):  # copies stored without vectors cannot train the hidden term
+        old, old_p = old.iloc[:0], old_p[:0]
     keep = np.sort(np.random.default_rng(cfg.seed).permutation(len(old))[:room])  # in stored order
     stats.update(augmented_computed=len(texts), augmented_reused=len(keep))
     texts = texts + old["text"].iloc[keep].tolist()
     probs = np.concatenate([probs, old_p[keep].reshape(len(keep), -1)]) if len(keep) else probs
-    if local:
-        width = (vecs if vecs is not None else old_v).shape[1]
-        vecs = np.concatenate([vecs if vecs is not None else np.zeros((0, width), np.float32),
-                               old_v[keep] if len(keep) else np.zeros((0, width), np.float32)])
-    return texts, probs.astype(np.float32), vecs if local else None
+    parts = [v for v in (vecs, old_v[keep] if len(keep) else None) if v is not None] if local else []
+    return texts, probs.astype(np.float32), np.concatenate(parts) if parts else None
 
 
 def teacher_targets(lake: Lake, key: str, teacher, rows: pd.DataFrame, label_names: list[str],
