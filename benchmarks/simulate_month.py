@@ -193,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--missed", default="10,11")
     p.add_argument("--killed", default="20")
+    p.add_argument("--bad", default="4:columns,9:hostile,15:encoding,23:resent",
+                   help="DAY:KIND,... spoiled files (kinds: columns, encoding, hostile, resent)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "month.json")
     a = p.parse_args(argv)
-    bad = {4: "columns", 9: "hostile", 15: "encoding", 23: "resent"}
+    bad = {int(d): k for d, k in (x.split(":") for x in a.bad.split(",") if x)}
     result = simulate(a.home, a.days, {int(x) for x in a.missed.split(",") if x},
                       {int(x) for x in a.killed.split(",") if x}, {d: k for d, k in bad.items() if d <= a.days})
     a.out.write_text(json.dumps(result, indent=2))
