@@ -78,7 +78,6 @@ def register_candidate(store: StudentStore, run_id: str, candidate_dir: Path, de
         links["compared with"] = f"champion v{champion}"
     card = render_card(store.name, version, decision, results, meta, store.history(), links)
     c.log_text(run_id, card, card_file)
-    c.set_model_version_tag(store.name, version, "model_card", card_file)
     c.update_model_version(store.name, version, description=fit_description(card, f"`runs:/{run_id}/{card_file}`"))
     c.set_registered_model_alias(store.name, registry.CANDIDATE, version)
     return version, card
