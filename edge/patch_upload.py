@@ -168,3 +168,21 @@ def upload_matrix(payload: dict[str, Any]) -> np.ndarray:
     """The (d + 1, C) delta of a validated payload."""
     validate_upload(payload)
     return np.asarray(payload["values"], dtype=np.float64).reshape(payload["shape"])
+
+
+#: Where a device leaves upload payloads for shipping, beside ``home/feedback/`` (edge/feedback.py).
+UPLOAD_DIR = "patch_uploads"
+
+
+def write_upload(home: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a validated payload as ``home/patch_uploads/<UTC time>.json`` (atomically); its path."""
+    from datetime import datetime, timezone
+
+    validate_upload(payload)
+    folder = Path(home) / UPLOAD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%fZ')}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+    return path

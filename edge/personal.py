@@ -18,9 +18,8 @@ corrections. The patch then kept is fitted on all examples.
 from __future__ import annotations
 
 import json
-import math
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,6 +27,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from edge.feedback import FEEDBACK_DIR
+from edge.personal_gate import GateResult, fold_of, gate_patch, sign_test_p  # noqa: F401 - re-exported
 from edge.patch import (MAX_PATCH_BYTES, Patch, PatchError, base_outputs,
                         changes, estimate_bytes, fit_patch, labels_sha256, load_patch, save_patch,
                         softmax)
@@ -51,6 +51,7 @@ class PersonalConfig:
     gate_folds: int = 4
     gate_max_p: float = 0.25
     max_examples: int = 2000
+    refit_every: int = 10
     upload: str = "none"
     dp_epsilon: float = 1.0
     dp_delta: float = 1e-5
@@ -62,7 +63,7 @@ class PersonalConfig:
                   "max_patch_bytes": self.max_patch_bytes > 0, "min_examples": self.min_examples >= 2,
                   "min_corrections": self.min_corrections >= 0, "gate_folds": self.gate_folds >= 2,
                   "gate_max_p": 0 < self.gate_max_p <= 1,
-                  "max_examples": self.max_examples >= self.min_examples,
+                  "max_examples": self.max_examples >= self.min_examples, "refit_every": self.refit_every >= 0,
                   "upload": self.upload in UPLOAD_POLICIES, "dp_epsilon": 0 < self.dp_epsilon <= 100,
                   "dp_delta": 0 < self.dp_delta < 1, "dp_clip_norm": self.dp_clip_norm > 0,
                   "dp_epsilon_total": self.dp_epsilon_total >= self.dp_epsilon}
@@ -83,77 +84,6 @@ def example_from_event(event: dict[str, Any]) -> tuple[str, str, str] | None:
     if event.get("accepted"):
         return event["message_id"], text, event["predicted"]
     return None
-
-
-def fold_of(message_id: str, folds: int) -> int:
-    """The gate fold of an example: fixed by its message id, so the split never moves."""
-    return int(message_id[:8], 16) % folds
-
-
-def sign_test_p(fixed: int, broken: int) -> float:
-    """One-sided exact McNemar p-value: P(at least ``fixed`` of the ``fixed + broken`` discordant
-    answers go the patch's way) when the patch is no better than the base (each way 1/2)."""
-    n = fixed + broken
-    return sum(math.comb(n, k) for k in range(fixed, n + 1)) / 2 ** n if n else 1.0
-
-
-@dataclass(frozen=True)
-class GateResult:
-    kept: bool
-    reason: str
-    heldout: int
-    base_correct: int
-    patched_correct: int
-    fixed: int = 0
-    broken: int = 0
-    p_value: float | None = None
-
-    @property
-    def base_accuracy(self) -> float | None:
-        return round(self.base_correct / self.heldout, 4) if self.heldout else None
-
-    @property
-    def patched_accuracy(self) -> float | None:
-        return round(self.patched_correct / self.heldout, 4) if self.heldout else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "base_accuracy": self.base_accuracy, "patched_accuracy": self.patched_accuracy}
-
-
-def gate_patch(logits: np.ndarray, feats: np.ndarray, y: np.ndarray, mids: list[str],
-               cfg: PersonalConfig) -> GateResult:
-    """Cross-validated check on the device's own examples: does a patch lower its accuracy?"""
-    n = len(y)
-    corrections = int((np.asarray(logits).argmax(axis=1) != y).sum())
-    if n < cfg.min_examples:
-        return GateResult(False, f"{n} examples, fewer than min_examples={cfg.min_examples}", 0, 0, 0)
-    if corrections < cfg.min_corrections:
-        return GateResult(False, f"the base model gets all but {corrections} examples right "
-                                 f"(min_corrections={cfg.min_corrections})", 0, 0, 0)
-    fold = np.array([fold_of(m, cfg.gate_folds) for m in mids])
-    base_ok = patched_ok = held = fixed = broken = 0
-    for f in range(cfg.gate_folds):
-        test, train = fold == f, fold != f
-        if not test.any() or train.sum() < 2:
-            continue
-        patch = fit_patch(logits[train], feats[train], y[train], rank=cfg.rank, l2=cfg.l2,
-                          steps=cfg.steps, lr=cfg.lr)
-        base_right = logits[test].argmax(axis=1) == y[test]
-        patched_right = patch.apply(logits[test], feats[test]).argmax(axis=1) == y[test]
-        held += int(test.sum())
-        base_ok += int(base_right.sum())
-        patched_ok += int(patched_right.sum())
-        fixed += int((patched_right & ~base_right).sum())
-        broken += int((base_right & ~patched_right).sum())
-    p = round(sign_test_p(fixed, broken), 6)
-    figures = (held, base_ok, patched_ok, fixed, broken, p)
-    summary = (f"held-out accuracy {patched_ok}/{held} with the patch, {base_ok}/{held} without; "
-               f"fixes {fixed}, breaks {broken}, p={p:.3g}")
-    if patched_ok < base_ok:
-        return GateResult(False, f"patch lowers {summary}", *figures)
-    if p > cfg.gate_max_p:
-        return GateResult(False, f"gain not shown: {summary} > gate_max_p={cfg.gate_max_p}", *figures)
-    return GateResult(True, summary, *figures)
 
 
 class Personalizer:
@@ -200,7 +130,11 @@ class Personalizer:
 
     # ---- the patch -----------------------------------------------------------------------------
     def refresh(self, predictor, *, model_version: str | None, fingerprint: str) -> dict[str, Any]:
-        """Load the patch for this base model, or refit it from the stored examples (and gate it)."""
+        """Load the patch for this base model, or refit it from the stored examples (and gate it).
+
+        No refit when this base model already has a decision (the gate refused, or the patch was
+        reset): opening the same model again costs one file read, not a fit.
+        """
         if not self.cfg.enabled:
             self.patch = None
             return self._write_status({"active": False, "reason": "personalization disabled"})
@@ -210,7 +144,11 @@ class Personalizer:
                                     max_bytes=self.cfg.max_patch_bytes)
             return self.status()
         except FileNotFoundError:
-            pass
+            self.patch = None
+            if self._last().get("base_fingerprint") == fingerprint:
+                return self.status()
+            if self._last().get("base_fingerprint"):
+                why = "refit: the base model changed"
         except PatchError as exc:  # IncompatiblePatch included: fitted on another base model
             self.patch = None
             self.patch_path.unlink(missing_ok=True)
@@ -219,6 +157,7 @@ class Personalizer:
 
     def fit(self, predictor, *, model_version: str | None, fingerprint: str, why: str = "asked") -> dict[str, Any]:
         """Fit a patch on every stored example, keep it if the gate passes; return the decision."""
+        lines = self.example_lines()
         mids, texts, y = self.examples(predictor.labels)
         logits, feats, kind = base_outputs(predictor, texts)
         est = estimate_bytes(feats.shape[1] if len(texts) else len(predictor.labels), len(predictor.labels), self.cfg.rank)
@@ -227,7 +166,8 @@ class Personalizer:
                              f"max_patch_bytes={self.cfg.max_patch_bytes}: lower personalization rank")
         gate = gate_patch(logits, feats, y, mids, self.cfg)
         decision: dict[str, Any] = {"why_fitted": why, "gate": gate.to_dict(), "features": kind,
-                                    "model_version": model_version, "examples": len(y)}
+                                    "model_version": model_version, "examples": len(y),
+                                    "base_fingerprint": fingerprint, "example_lines": lines}
         if not gate.kept:
             self.patch = None
             self.patch_path.unlink(missing_ok=True)
@@ -239,26 +179,55 @@ class Personalizer:
                           gate=gate.to_dict(), changes=changes(patch, logits, feats, predictor.labels))
         save_patch(patch, self.patch_path, self.cfg.max_patch_bytes)
         self.patch = patch
-        return self._write_status(self.status() | {"why_fitted": why})
+        return self._write_status(self.status() | {"why_fitted": why, "base_fingerprint": fingerprint,
+                                                   "example_lines": lines})
 
     def apply(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
         """Patched logits when a patch is active, else ``logits`` unchanged."""
         patch = self.patch
         return logits if patch is None else patch.apply(logits, feats)
 
-    def predict(self, predictor, texts: list[str]) -> list[dict[str, Any]]:
-        """Label and confidence for each redacted text, with the base model's label beside it."""
+    def predict(self, predictor, texts: list[str], patch: Patch | None | str = "active") -> list[dict[str, Any]]:
+        """Label and confidence for each redacted text, with the base model's label beside it.
+
+        ``patch`` defaults to the active one; a caller that swaps models passes the patch it
+        loaded with ``predictor`` (or None), so a prediction never mixes one model with another's patch.
+        """
+        patch = self.patch if isinstance(patch, str) else patch
         logits, feats, _ = base_outputs(predictor, texts)
         base = logits.argmax(axis=1)
-        probs = softmax(self.apply(logits, feats))
-        return [{"label": predictor.labels[i], "confidence": float(p[i]), "patched": self.patch is not None,
+        probs = softmax(logits if patch is None else patch.apply(logits, feats))
+        return [{"label": predictor.labels[i], "confidence": float(p[i]), "patched": patch is not None,
                  "base_label": predictor.labels[j]} for p, i, j in zip(probs, probs.argmax(axis=1), base)]
 
     def reset(self) -> None:
-        """Drop the patch (the stored examples stay; ``forget`` drops them too)."""
+        """Drop the patch (the stored examples stay; ``forget`` drops them too). It stays dropped for
+        this base model until ``fit`` is asked for or ``refit_every`` new examples arrive."""
+        last = self._last()
+        fingerprint = self.patch.meta.get("base_fingerprint") if self.patch else last.get("base_fingerprint")
         self.patch = None
         self.patch_path.unlink(missing_ok=True)
-        self._write_status({"active": False, "reason": "reset"})
+        self._write_status({"active": False, "reason": "reset", "base_fingerprint": fingerprint,
+                            "example_lines": self.example_lines()})
+
+    def example_lines(self) -> int:
+        """Lines in the example store (a cheap count of what was recorded so far)."""
+        path = self.folder / "examples.jsonl"
+        if not path.is_file():
+            return 0
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 16), b""))
+
+    def pending(self) -> int:
+        """Examples recorded since the last decision (fit, refusal or reset)."""
+        return max(0, self.example_lines() - int(self._last().get("example_lines", 0)))
+
+    def _last(self) -> dict[str, Any]:
+        path = self.folder / "status.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else {}
+        except ValueError:
+            return {}
 
     def forget(self) -> None:
         """Drop the patch and every stored example."""
@@ -269,9 +238,9 @@ class Personalizer:
         """Whether a patch is active and what it changed (no texts)."""
         p = self.patch
         if p is None:
-            path = self.folder / "status.json"
-            last = json.loads(path.read_text()) if path.is_file() else {}
-            return {"active": False, "upload_policy": self.cfg.upload, **{k: v for k, v in last.items() if k != "active"}}
+            last = self._last()
+            return {"active": False, "upload_policy": self.cfg.upload,
+                    **{k: v for k, v in last.items() if k not in ("active", "base_fingerprint", "example_lines")}}
         return {"active": True, "upload_policy": self.cfg.upload, "bytes": p.nbytes,
                 **{k: p.meta.get(k) for k in ("model_version", "features", "rank", "n_examples", "fit_ms",
                                              "fitted_at", "gate", "changes")}}
