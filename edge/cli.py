@@ -1,8 +1,11 @@
-"""``edgeloop-edge``: the device's command line (enroll, sync, predict, feedback, rollback, status, serve, verify).
+"""``edgeloop-edge``: the device's command line (enroll, sync, predict, feedback, rollback, status, serve, verify,
+personalize, patch, patch-upload).
 
 Options fall back to environment variables so a device's service file stays short:
 ``EDGELOOP_EDGE_HOME``, ``EDGELOOP_EDGE_BUNDLES``, ``EDGELOOP_EDGE_PUBLIC_KEY``,
-``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``, ``EDGELOOP_EDGE_TUF_ROOT``. Every command prints JSON.
+``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``, ``EDGELOOP_EDGE_TUF_ROOT``,
+``EDGELOOP_EDGE_PERSONALIZE`` (on/off), ``EDGELOOP_EDGE_REFIT_EVERY``, ``EDGELOOP_EDGE_UPLOAD`` (none/dp_delta),
+``EDGELOOP_EDGE_DP_EPSILON``. Every command prints JSON.
 Errors go to stderr as JSON.
 Exit codes: 0 ok, 1 sync refused or failed (or a bundle failed verification), 2 bad usage or input, 3 no model installed.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.device import Device, NoModelError
+from edge.personal import UPLOAD_POLICIES, PersonalConfig
 from edge.verify import BundleVerificationError
 
 EXIT_OK, EXIT_SYNC, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
@@ -41,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device id [$EDGELOOP_EDGE_DEVICE_ID; default: generated once, kept in <home>/device_id]")
     p.add_argument("--canary-share", type=float, default=float(_env("CANARY_SHARE", "0.1")),
                    help="share of devices in the canary cohort [$EDGELOOP_EDGE_CANARY_SHARE, 0.1]")
+    p.add_argument("--personalize", choices=("on", "off"), default=_env("PERSONALIZE", "on"),
+                   help="learn a per-device patch from this device's corrections [$EDGELOOP_EDGE_PERSONALIZE, on]")
+    p.add_argument("--refit-every", type=int, default=int(_env("REFIT_EVERY", "10")), metavar="N",
+                   help="refit the patch after N new labelled feedback events, 0: only on "
+                        "'personalize' [$EDGELOOP_EDGE_REFIT_EVERY, 10]")
+    p.add_argument("--upload", choices=UPLOAD_POLICIES, default=_env("UPLOAD", "none"),
+                   help="what patch-upload may write: nothing, or a clipped, noised patch delta "
+                        "(docs/personalization.md) [$EDGELOOP_EDGE_UPLOAD, none]")
+    p.add_argument("--dp-epsilon", type=float, default=float(_env("DP_EPSILON", "1.0")),
+                   help="epsilon of one dp_delta upload [$EDGELOOP_EDGE_DP_EPSILON, 1.0]")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     en = sub.add_parser("enroll", help="pin the TUF root: from then on sync follows channels only through TUF")
@@ -58,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--rejected", dest="accepted", action="store_false", help="the user rejected it")
     fb.add_argument("--corrected-label", help="the right label, when the user gave one")
     sub.add_parser("rollback", help="go back to the previous model until the next sync")
-    sub.add_parser("status", help="device id, channel, installed versions, TUF enrolment, last refusal")
+    sub.add_parser("status", help="device id, channel, installed versions, TUF enrolment, last refusal, personalization")
+    sub.add_parser("personalize", help="fit the device's patch on its stored corrections now (kept if its gate passes)")
+    pa = sub.add_parser("patch", help="show the device's patch: active, base version, size, gate, what it changed")
+    pa.add_argument("--reset", action="store_true", help="drop the patch (stored examples stay)")
+    sub.add_parser("patch-upload", help="write what the upload policy allows about the patch (none: nothing)")
     vf = sub.add_parser("verify", help="verify a bundle folder, load it and answer smoke queries")
     vf.add_argument("folder")
     vf.add_argument("--text", action="append", default=[], help="smoke query (repeatable)")
@@ -87,7 +105,10 @@ def make_device(args: argparse.Namespace) -> Device:
     """The :class:`Device` the parsed options describe."""
     home = Path(args.home)
     public_key = Path(args.public_key) if args.public_key else home / "edge_signing.pub"
-    return Device(_device_id(home, args.device_id), home, args.bundles, public_key, args.canary_share)
+    personal = PersonalConfig(enabled=args.personalize == "on", refit_every=args.refit_every, upload=args.upload,
+                              dp_epsilon=args.dp_epsilon)
+    return Device(_device_id(home, args.device_id), home, args.bundles, public_key, args.canary_share,
+                  personal=personal)
 
 
 def _print(payload: Any, stream=None) -> None:
@@ -130,6 +151,12 @@ def run(args: argparse.Namespace) -> int:
         _print({"model_version": device.rollback()})
     elif args.command == "status":
         _print(device.status())
+    elif args.command == "personalize":
+        _print(device.personalize())
+    elif args.command == "patch":
+        _print(device.reset_patch() if args.reset else device.patch_status())
+    elif args.command == "patch-upload":
+        _print(device.patch_upload())
     elif args.command == "serve":
         from edge.server import serve
         if not args.no_sync and args.bundles:

@@ -1,9 +1,12 @@
 """A small JSON API over one :class:`edge.device.Device`, stdlib ``http.server`` only, with limits.
 
-``POST /predict {"text"}`` → ``{"label", "confidence", "model_version", "message_id"}``;
+``POST /predict {"text"}`` → ``{"label", "confidence", "model_version", "message_id", "patched",
+"base_label"}`` (``base_label``: the base model's answer without the device's patch);
 ``POST /feedback {"text" | "message_id", "predicted", "accepted", "corrected_label"?}`` → the
-event id; ``GET /health`` → device status (503 until a model is installed). Bad input answers
-400 with ``{"error", "field"}``. Binds to loopback unless told otherwise.
+event id; ``GET /health`` → device status with ``personalization`` (503 until a model is
+installed); ``GET /patch`` → the device's patch (active, base version, size, gate, what it changed,
+upload policy); ``POST /patch/reset`` drops it. Bad input answers 400 with ``{"error", "field"}``.
+Binds to loopback unless told otherwise.
 
 Limits (edge/http_limits.py): a request must fully arrive within 10 s (408 otherwise: slow clients
 cannot hold a worker), bodies above 64 KB get 413 before they are read, and beyond 32 open
@@ -120,16 +123,24 @@ class _Handler(LimitedHandler):
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the device log"})
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        self._dispatch({"/health": self._health})
+        self._dispatch({"/health": self._health, "/patch": self._patch})
 
     def do_POST(self) -> None:  # noqa: N802
-        self._dispatch({"/predict": self._predict, "/feedback": self._feedback})
+        self._dispatch({"/predict": self._predict, "/feedback": self._feedback, "/patch/reset": self._patch_reset})
 
     def _health(self) -> tuple[int, dict[str, Any]]:
         status = self.device.status()
         ready = status["model_version"] is not None
         return (HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                 {"status": "ok" if ready else "no_model", **status})
+
+    def _patch(self) -> tuple[int, dict[str, Any]]:
+        return HTTPStatus.OK, self.device.patch_status()
+
+    def _patch_reset(self) -> tuple[int, dict[str, Any]]:
+        if self.headers.get("Content-Length", "0") != "0":
+            self._body()  # read (and check) a body if one came, so the connection stays usable
+        return HTTPStatus.OK, self.device.reset_patch()
 
     def _predict(self) -> tuple[int, dict[str, Any]]:
         text = _field(self._body(), "text", str)

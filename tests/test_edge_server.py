@@ -79,8 +79,10 @@ def test_predict_then_feedback(api):
     assert call(f"{base}/predict", {"text": "hi"})[0] == 503
     device.sync()
     status, prediction = call(f"{base}/predict", {"text": "where is my order, mail me at a@b.co"})
-    assert status == 200 and set(prediction) == {"label", "confidence", "model_version", "message_id"}
+    assert status == 200 and set(prediction) == {"label", "confidence", "model_version", "message_id",
+                                                 "patched", "base_label"}
     assert prediction["model_version"] == "v1" and prediction["label"] in device.labels()
+    assert prediction["patched"] is False and prediction["base_label"] == prediction["label"]  # no patch yet
     status, body = call(f"{base}/feedback", {"message_id": prediction["message_id"],
                                              "predicted": prediction["label"], "accepted": True})
     assert status == 201 and body["message_id"] == prediction["message_id"]
@@ -171,9 +173,12 @@ def test_cli_serve_process_answers_and_stops(edge_model_dirs, signing_keys, tmp_
             except OSError:
                 time.sleep(0.1)
         assert health is not None, proc.stderr.read().decode() if proc.poll() is not None else "no answer"
+        personalization = health[1].pop("personalization")
         assert health == (200, {"status": "ok", "device_id": "dev-0200", "channel": "stable",
                                 "model_version": "v1", "previous_version": None,
                                 "tuf": {"enrolled": False}, "last_refusal": None})
+        assert personalization["active"] is False and personalization["upload_policy"] == "none"
+        assert "examples, fewer than min_examples" in personalization["reason"]
         assert call(f"http://127.0.0.1:{port}/predict", {"text": "refund please"})[0] == 200
     finally:
         proc.terminate()
