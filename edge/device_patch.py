@@ -58,6 +58,11 @@ class DevicePatch:
     def patch_status(self) -> dict[str, Any]:
         """Whether a patch is active, on which base version, its size, gate figures, what it
         changed, the upload policy and how many new examples wait for the next refit."""
+        if self.current_version() is not None and self.personal.cfg.enabled:
+            try:
+                self._active()  # a fresh process: load the running model and its patch first
+            except Exception as exc:  # noqa: BLE001 - status must answer even for a damaged model
+                log.error("device %s: cannot open its model for status: %s", self.device_id, exc)
         status = self.personal.status()
         return {**status, "base_version": status.get("model_version"), "pending_examples": self.personal.pending(),
                 "refit_every": self.personal.cfg.refit_every}
@@ -69,12 +74,12 @@ class DevicePatch:
         (no text) to ``home/patch_uploads/`` and charges the privacy ledger.
         """
         policy = self.personal.cfg.upload
-        patch = self.personal.patch
         if policy == "none":
             return {"policy": policy, "written": None, "reason": "upload policy is 'none': nothing leaves the device"}
+        predictor, _, patch = self._active(with_patch=True)
         if patch is None:
             return {"policy": policy, "written": None, "reason": "no active patch"}
-        _, texts, _ = self.personal.examples(self.labels())
+        _, texts, _ = self.personal.examples(predictor.labels)
         ledger = PrivacyLedger(self.personal.folder)
         payload, reason = build_upload(patch, self.personal.cfg, ledger=ledger, texts=texts)
         if payload is None:

@@ -176,10 +176,11 @@ class Personalizer:
         patch.meta.update(base_fingerprint=fingerprint, model_version=model_version, features=kind,
                           labels_sha256=labels_sha256(predictor.labels),
                           fitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          gate=gate.to_dict(), changes=changes(patch, logits, feats, predictor.labels))
+                          gate=gate.to_dict(), changes=changes(patch, logits, feats, predictor.labels),
+                          why_fitted=why)
         save_patch(patch, self.patch_path, self.cfg.max_patch_bytes)
         self.patch = patch
-        return self._write_status(self.status() | {"why_fitted": why, "base_fingerprint": fingerprint,
+        return self._write_status(self.status() | {"base_fingerprint": fingerprint,
                                                    "example_lines": lines})
 
     def apply(self, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -243,7 +244,7 @@ class Personalizer:
                     **{k: v for k, v in last.items() if k not in ("active", "base_fingerprint", "example_lines")}}
         return {"active": True, "upload_policy": self.cfg.upload, "bytes": p.nbytes,
                 **{k: p.meta.get(k) for k in ("model_version", "features", "rank", "n_examples", "fit_ms",
-                                             "fitted_at", "gate", "changes")}}
+                                             "fitted_at", "why_fitted", "gate", "changes")}}
 
     def _write_status(self, status: dict[str, Any]) -> dict[str, Any]:
         self.folder.mkdir(parents=True, exist_ok=True)
