@@ -83,13 +83,20 @@ def write_tokenizer_json(tokenizer, path: str | Path) -> Path:
 
 def write_edge_folder(model, tokenizer, out_dir: str | Path, max_length: int,
                       backend: str = "onnx-int8") -> Path:
-    """Write the device's files for ``model`` into ``out_dir`` and return it."""
+    """Write the device's files for ``model`` into ``out_dir`` and return it.
+
+    The graph answers ``logits`` and ``pooled`` (the classifier's input, for device patches)."""
+    from models.federated import add_pooled_output
+
     if backend not in ("onnx-int8", "onnx-fp32"):
         raise ValueError(f"unknown quantization backend {backend!r}; expected onnx-int8 or onnx-fp32")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", max_length)
+        # The classifier's input as a second output, "pooled": devices fit their patches on it
+        # (edge/patch.py); OnnxPredictor asks for "logits" only, so serving costs nothing more.
+        add_pooled_output(fp32, fp32)
         if backend == "onnx-int8":
             quantize_int8(fp32, out / MODEL_FILE)
         else:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.feedback import append_event, make_event, message_id
-from edge.patch import (IncompatiblePatch, Patch, PatchError, base_fingerprint, base_outputs,
+from edge.patch import (IncompatiblePatch, Patch, PatchError, base_fingerprint, base_outputs, softmax,
                         fit_patch, labels_sha256, load_patch, save_patch)
 from edge.patch_upload import (PrivacyLedger, assert_no_text, build_upload, clip, gaussian_sigma,
                                upload_matrix, validate_upload)
@@ -323,3 +323,18 @@ def test_a_devices_existing_feedback_files_become_examples(tmp_path):
     mids, texts, y = pers.examples(LABELS)
     assert texts == ["wheres my stuff", "cancel my order"]
     assert [LABELS[i] for i in y] == ["track_order", "cancel_order"]
+
+
+def test_night_export_ships_pooled_through_int8(tmp_path, edge_model_dirs):
+    """write_edge_folder adds ``pooled`` before quantizing: it must survive int8 and stay out of
+    the predictor's way (OnnxPredictor asks for logits only)."""
+    from models.quantize import quantize_int8
+
+    folder = tmp_path / "int8"
+    shutil.copytree(edge_model_dirs["v1"], folder)
+    add_pooled_output(edge_model_dirs["v1"] / "model.onnx", tmp_path / "fp32.onnx")
+    quantize_int8(tmp_path / "fp32.onnx", folder / "model.onnx")
+    predictor = OnnxPredictor(folder)
+    logits, feats, kind = base_outputs(predictor, OTHERS)
+    assert kind == "pooled" and feats.shape == (len(OTHERS), 32) and np.isfinite(feats).all()
+    np.testing.assert_allclose(softmax(logits), predictor.predict_proba(OTHERS), atol=1e-5)
