@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Small and quick: what the month checks is the bookkeeping, not the model's last point.
-QUICK = {"dataset.max_rows": "1500", "dataset.seed_fraction": "0.3", "teacher.epochs": "3",
+QUICK = {"dataset.max_rows": "1500", "dataset.seed_fraction": "0.4", "teacher.epochs": "5",
          "teacher.lr_encoder": "2e-4", "teacher.lr_head": "5e-3", "teacher.warmup_ratio": "0",
          "student.epochs": "3", "student.warm_start_epochs": "2", "student.augment_copies": "0",
          "evaluation.latency_runs": "40", "gate.max_p95_ms": "50", "gate.min_accuracy": "0.5",
