@@ -259,6 +259,24 @@ class ArrivalsConfig(_Section):
                                        "demo); None = only when no inbox, SQL source or seed/golden files are set.")
 
 
+class FederatedConfig(_Section):
+    """Learning back from devices (models/learn_back.py): the night averages uploaded patch deltas
+    into a second candidate, kept only when no worse on golden; off by default."""
+
+    enabled: bool = Field(False, description="Build the learned-back candidate when uploads wait in the inbox.")
+    uploads_dir: str = Field("", description="Inbox of device upload payloads (*.json); empty = "
+                             "<home>/patch_uploads/inbox. Its rejected/ and processed/ subfolders hold the rest.")
+    clip_norm: float = Field(5.0, gt=0, description="Server-side L2 bound on each device's delta.")
+    noise_sigma: float = Field(0.0, ge=0, description="The fleet's DP noise per value, allowed for on top "
+                               "of clip_norm (never read from a payload).")
+    max_weight: float = Field(1.0, gt=0, description="Cap on one device's weight in the average.")
+    min_devices: int = Field(3, ge=1, description="Fewer accepted uploads wait in the inbox for a later night.")
+
+    def inbox(self, home: Path) -> Path:
+        """The uploads inbox (see :attr:`uploads_dir`)."""
+        return Path(self.uploads_dir).expanduser() if self.uploads_dir else Path(home) / "patch_uploads" / "inbox"
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("", description="Empty = sqlite:///<home>/mlflow.db.")
     artifact_root: str = Field("", description="Empty = <home>/mlartifacts.")
@@ -287,6 +305,7 @@ class Settings(BaseSettings):
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     arrivals: ArrivalsConfig = Field(default_factory=ArrivalsConfig)
+    federated: FederatedConfig = Field(default_factory=FederatedConfig)
     schedule_timezone: str = Field("UTC", description="Timezone of the nightly schedule: a scheduled run's "
                                    "night is its scheduled date there (EDGELOOP_TZ sets it too).")
     lake_url: str = Field("", description="Root of the lake: a folder or an fsspec URL (s3://bucket/lake); "
