@@ -77,6 +77,8 @@ def _night(settings, night: str, input_file: str | None, full_retrain: bool = Fa
         labeled = relabel_all(settings, lake, ref, shards)
         label_contract = t.check_labels(settings, lake, data, ref, night, run_id)
         candidate = t.train_student(settings, lake, store, data, ref, night, run_id, full_retrain)
+        if settings.federated.enabled:  # device patches averaged in; kept only if no worse on golden
+            candidate = t.learn_back(settings, store, data, candidate, night, run_id)
         evaluation = t.evaluate(settings, lake, store, data, ref, candidate, run_id)
         decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
         meta = t.lineage(settings, data, ref, night, run_id, evaluation)
