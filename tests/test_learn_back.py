@@ -155,3 +155,43 @@ def test_the_option_is_off_by_default_and_off_does_nothing(tmp_path, candidate):
         load_settings(overrides={"federated": {"clip_norm": 0}}, environ={})
     with pytest.raises(ConfigError, match="federated.min_devices"):
         load_settings(overrides={"federated": {"min_devices": 0}}, environ={})
+
+
+def test_enabled_night_step_keeps_the_learned_back_candidate_and_logs_it(tmp_path, candidate):
+    """The learn-back task on a real split (the shop's own seed/golden files), a real MLflow store."""
+    from prefect.logging import disable_run_logger
+
+    from models import registry, tracking
+    from models.stores import StudentStore
+    from tasks.common import SplitRef, experiment, load_data
+    from tasks.night import learn_back as learn_back_task
+
+    rows = [("wheres my stuff", "cancel_order"), ("cancel my order", "cancel_order"),
+            ("stop the order hello", "cancel_order"), ("please cancel the order now", "cancel_order")]
+    seed = [("where is my order", "track_order"), ("i want a refund", "get_refund"), ("cancel it", "cancel_order")]
+    for name, data in (("seed.csv", seed), ("golden.csv", rows)):
+        (tmp_path / name).write_text("instruction,intent\n" + "".join(f"{t},{y}\n" for t, y in data))
+    settings = load_settings(environ={}, overrides={
+        "home": str(tmp_path / "home"), "federated": {"enabled": True, "clip_norm": CLIP, "min_devices": 2},
+        "dataset": {"seed_path": str(tmp_path / "seed.csv"), "golden_path": str(tmp_path / "golden.csv")}})
+    with disable_run_logger():  # the tasks' plain functions, outside a flow run
+        data: SplitRef = load_data.fn(settings)
+    bias = np.zeros(len(LABELS))
+    bias[LABELS.index("cancel_order")] = 10.0
+    _sync(tmp_path, settings.federated.inbox(settings.home_path()),
+          [_device_upload(candidate / "edge", bias, s) for s in range(3)])
+    tracking.activate(settings.tracking_uri())
+    run_id = tracking.start_parent_run(experiment(settings), "nightly-test", {}, {})
+    plain = {"folder": str(candidate), "n_train": 1}
+    store = StudentStore.from_settings(settings)  # no champion yet: uploads are checked against the candidate
+    with disable_run_logger():
+        got = learn_back_task.fn(settings, store, data, plain, "2026-01-02", run_id)
+    assert got["learned_back"] and got["folder"] != plain["folder"] and got["n_train"] == 1
+    assert (tmp_path / "home" / "work" / "2026-01-02" / "candidate-learned-back" / "edge" / "model.onnx").is_file()
+    c = registry.client(settings.tracking_uri())
+    step = next(r for r in c.search_runs([experiment(settings).experiment_id()])
+                if r.info.run_name == "learn-back")
+    assert step.data.params["devices"] == "3" and step.data.params["accepted"] == "3"
+    assert step.data.params["rejected"] == "0" and step.data.params["kept"] == "True"
+    m = step.data.metrics
+    assert m["golden_accuracy_learned_back"] == 1.0 > m["golden_accuracy_plain"]
