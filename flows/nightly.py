@@ -10,6 +10,7 @@ from flows.guard import exclusive_night, mark_completed
 from flows.relabel import relabel_all
 from flows.schedule import import_night, night_of, scheduled_start
 from models.stores import StudentStore
+from tasks import fleet
 from tasks import night as t
 from tasks import rollout
 from tasks.alerts import emit_gate_failed
@@ -67,7 +68,7 @@ def _night(settings, night: str, input_file: str | None, full_retrain: bool = Fa
     run_id = t.start_night_run(settings, data, night, "nightly")
     by = f"nightly:{run_id}"
     try:
-        t.ingest_feedback(settings, lake, store, data, night, run_id)  # device feedback: corrections become gold
+        fleet.ingest_feedback(settings, lake, store, data, night, run_id)  # device feedback: corrections become gold
         rollout.settle_canary(store, settings.bundle, lake, by=by)  # canary → stable, or rolled back
         report = t.ingest(settings, lake, data, night, input_file, run_id)
         if report["batch_failures"]:
@@ -78,7 +79,7 @@ def _night(settings, night: str, input_file: str | None, full_retrain: bool = Fa
         label_contract = t.check_labels(settings, lake, data, ref, night, run_id)
         candidate = t.train_student(settings, lake, store, data, ref, night, run_id, full_retrain)
         if settings.federated.enabled:  # device patches averaged in; kept only if no worse on golden
-            candidate = t.learn_back(settings, store, data, candidate, night, run_id)
+            candidate = fleet.learn_back(settings, store, data, candidate, night, run_id)
         evaluation = t.evaluate(settings, lake, store, data, ref, candidate, run_id)
         decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
         meta = t.lineage(settings, data, ref, night, run_id, evaluation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import prefect
 from prefect import get_run_logger
@@ -44,6 +45,11 @@ def load_data(settings: Settings) -> SplitRef:
                           settings.dataset.name, split.split_hash, len(split.seed), len(split.stream),
                           len(split.golden), len(split.labels))
     return SplitRef(settings.dataset, split.split_hash, tuple(split.labels))
+
+
+def work_dir(settings: Settings, night: str) -> Path:
+    """The night's work folder under the home (candidate, reports, contracts)."""
+    return settings.home_path() / "work" / night
 
 
 def experiment(settings: Settings) -> tracking.Experiment:

@@ -140,7 +140,7 @@ def test_too_few_devices_wait_in_the_inbox(tmp_path, candidate):
 
 
 def test_the_option_is_off_by_default_and_off_does_nothing(tmp_path, candidate):
-    from tasks.night import learn_back as learn_back_task
+    from tasks.fleet import learn_back as learn_back_task
 
     settings = load_settings(overrides={"home": str(tmp_path / "home")}, environ={})
     assert settings.federated.enabled is False
@@ -164,7 +164,7 @@ def test_enabled_night_step_keeps_the_learned_back_candidate_and_logs_it(tmp_pat
     from models import registry, tracking
     from models.stores import StudentStore
     from tasks.common import SplitRef, experiment, load_data
-    from tasks.night import learn_back as learn_back_task
+    from tasks.fleet import learn_back as learn_back_task
 
     rows = [("wheres my stuff", "cancel_order"), ("cancel my order", "cancel_order"),
             ("stop the order hello", "cancel_order"), ("please cancel the order now", "cancel_order")]
