@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data_contracts.lake_ledger import Ledger
 from data_contracts.lake_outputs import TeacherOutputs
 from edge.feedback import FIELDS as FEEDBACK_FIELDS
 
@@ -43,11 +43,9 @@ MESSAGE_COLUMNS = ["message_id", "text", "source", "gold_label", "received_at"]
 #: ``lake/feedback`` rows: a device's event without its text, which goes to ``lake/messages``
 #: (keyed by ``message_id``) through the same redaction and contracts as any arrival.
 FEEDBACK_LAKE_COLUMNS = [f for f in FEEDBACK_FIELDS if f != "text"]
-#: What a completed night adds to its ledger record, from the night's summary.
-NIGHT_OUTCOME = ("mlflow_run_id", "model_version", "gate_decision")
 
 
-class Lake(TeacherOutputs):
+class Lake(TeacherOutputs, Ledger):
     """Append-only Parquet store rooted at ``root``: a local folder or any fsspec URL (s3://, gs://, memory://)."""
 
     def __init__(self, root: str | Path):
@@ -304,61 +302,3 @@ class Lake(TeacherOutputs):
             return 0
         self._write_part(self.labels_dir(teacher_version), df)
         return len(df)
-
-    # ---- night ledger ---------------------------------------------------------
-    def night_record(self, night: str) -> dict | None:
-        """The ledger record of ``night``, or None before its ingest."""
-        p = self._path("nights", f"{night}.json")
-        return json.loads(self.fs.cat_file(p)) if self.fs.exists(p) else None
-
-    def completed_night(self, night: str) -> dict | None:
-        """The ledger record of ``night`` if the night ran to its summary, else None."""
-        rec = self.night_record(night)
-        return rec if rec and rec.get("completed_at") else None
-
-    def complete_night(self, night: str, summary: dict) -> dict:
-        """Mark ``night`` completed now, with the :data:`NIGHT_OUTCOME` fields of its ``summary``.
-
-        Adds to the record ingest wrote (or starts one); returns the record.
-        """
-        rec = self.night_record(night) or {"night": night}
-        rec.update({"completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    **{k: summary.get(k) for k in NIGHT_OUTCOME}})
-        self.record_night(night, rec)
-        return rec
-
-    def nights(self) -> list[dict]:
-        folder = self._path("nights")
-        if not self.fs.exists(folder):
-            return []
-        return [json.loads(self.fs.cat_file(p)) for p in sorted(self.fs.find(folder)) if p.endswith(".json")]
-
-    def record_training(self, night: str, training: dict) -> None:
-        """Add what ``night``'s student trained on (``kind``, row counts) to its ledger record."""
-        self.record_night(night, {**(self.night_record(night) or {"night": night}), "training": training})
-
-    def last_full_training(self) -> str | None:
-        """The latest night whose student trained on the whole lake (a full retrain or a cold start)."""
-        full = [r["night"] for r in self.nights() if (r.get("training") or {}).get("kind") in ("full", "cold")]
-        return max(full) if full else None
-
-    def record_night(self, night: str, record: dict) -> None:
-        self._put_json("nights", night, record)
-
-    # ---- arrival sources' ledger (inbox files by content hash, the SQL watermark) ----------------
-    def source_record(self, kind: str, key: str) -> dict | None:
-        """What the ledger holds for ``key`` of source ``kind`` (e.g. an inbox file's hash), or None."""
-        p = self._path("sources", kind, f"{key}.json")
-        return json.loads(self.fs.cat_file(p)) if self.fs.exists(p) else None
-
-    def record_source(self, kind: str, key: str, record: dict) -> None:
-        """Commit ``record`` for ``key`` of source ``kind`` (written whole: a temporary name, then a rename)."""
-        self._put_json(f"sources/{kind}", key, record)
-
-    def _put_json(self, folder: str, name: str, record: dict) -> None:
-        folder = self._path(folder)
-        self.fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        self.fs.pipe_file(tmp, json.dumps(record, indent=2, sort_keys=True, default=str).encode())
-        self.fs.mv(tmp, f"{folder}/{name}.json")
-
