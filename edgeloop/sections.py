@@ -198,7 +198,7 @@ class TufConfig(_Section):
                                   "no fresh one for this long refuses to update (a frozen mirror).")
 
     def expiry_seconds(self) -> dict[str, float]:
-        """``{role: seconds}`` as :func:`models.tuf_repository.open_repository` takes them."""
+        """``{role: seconds}`` as :func:`models.tuf_setup.open_repository` takes them."""
         return {role: getattr(self, f"{role}_days") * 86400.0 for role in ("root", "targets", "snapshot", "timestamp")}
 
 

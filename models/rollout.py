@@ -82,8 +82,8 @@ def _tags(store: StudentStore, version: str) -> dict[str, str]:
 
 
 def tuf_repository(store: StudentStore):
-    """The store's TUF repository (:func:`models.tuf_repository.ensure_repository` on ``store.home``)."""
-    from models.tuf_repository import ensure_repository
+    """The store's TUF repository (:func:`models.tuf_setup.ensure_repository` on ``store.home``)."""
+    from models.tuf_setup import ensure_repository
 
     return ensure_repository(store.home, expiry=dict(store.tuf_expiry) or None)
 

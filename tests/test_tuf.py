@@ -23,7 +23,8 @@ import pytest
 from edge.channels import STABLE, make_record
 from edge.updater import ENROLLED_ROOT, TufUpdater, UpdateRefused, enroll
 from models.bundle import build_bundle, ensure_signing_key
-from models.tuf_repository import ThresholdNotMet, init_repository, open_repository
+from models.tuf_repository import ThresholdNotMet
+from models.tuf_setup import init_repository, open_repository
 
 VERSIONS = ("v1", "v2", "v3")
 
