@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Small and quick: what the month checks is the bookkeeping, not the model's last point.
 QUICK = {"dataset.max_rows": "1500", "dataset.seed_fraction": "0.4", "teacher.epochs": "5",
          "teacher.lr_encoder": "2e-4", "teacher.lr_head": "5e-3", "teacher.warmup_ratio": "0",
-         "student.epochs": "3", "student.warm_start_epochs": "2", "student.augment_copies": "0",
+         "student.epochs": "10", "student.warm_start_epochs": "4", "student.augment_copies": "0",
          "evaluation.latency_runs": "40", "gate.max_p95_ms": "50", "gate.min_accuracy": "0.5",
          "gate.min_macro_f1": "0.4", "gate.min_teacher_retention": "0.6",
          # Behaviour floors for students of a small slice (measured 0.90-0.92 / 0.72-0.75 / 0.91-0.93).
@@ -165,7 +165,7 @@ def simulate(home: Path, days: int, missed: set[int], killed: set[int], bad: dic
             assert code != 0, "the killed night exited 0"
         code, out = cli(home, "night", "--night", night, "--json", settings=settings)
         assert code == 0, out[-3000:]
-        summary = json.loads(out[out.index("{"):out.rindex("}") + 1])
+        summary = json.loads(out[out.rindex("\n{\n") + 1:out.rindex("\n}\n") + 2])  # --json's object
         seen = {n: b for n, b in ((n, (home / "inbox" / "processed" / n)) for n in waiting) if b.exists()}
         for n, p in seen.items():
             if not any(n == k for k in ingested_all):
