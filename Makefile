@@ -72,3 +72,10 @@ bench-personal: setup
 .PHONY: bench-scale
 bench-scale: setup
 	$(BIN)/python -m benchmarks.bench_scale
+
+# Gate benchmark (benchmarks/README.md): real students (another seed, one intent removed, trained longer)
+# against a champion, paired on the golden texts; reuses a home with a teacher and a filled lake (read only).
+.PHONY: bench-gate
+bench-gate: setup
+	$(BIN)/python -m benchmarks.bench_gate --dataset bitext
+	$(BIN)/python -m benchmarks.bench_gate --dataset clinc150 --epochs 6
