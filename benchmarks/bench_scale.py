@@ -233,7 +233,7 @@ def reset_lake(root: Path) -> int:
 
 # ---- one night, in its own process ------------------------------------------------------------------
 
-def night(home: Path, root: Path, full_retrain: bool, threads: int) -> dict:
+def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs: int | None = None) -> dict:
     """Ingest -> relabel -> label contract -> train -> evaluate on the lake at ``root``; timings in s."""
     import shutil
     from concurrent.futures import ThreadPoolExecutor
@@ -260,7 +260,8 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int) -> dict:
         clock, cpu_clock = now, cpu_now
 
     reset_lake(root)
-    settings = _settings(home, torch_threads=threads)
+    settings = _settings(home, torch_threads=threads,
+                         **({"student": {"warm_start_epochs": warm_epochs}} if warm_epochs else {}))
     teacher_folder = home / "teacher" / "model"
     base = base_outputs(home, teacher_folder)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -306,7 +307,8 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int) -> dict:
     lap("evaluate")
     t["night"] = round(sum(v for k, v in t.items() if k != "setup"), 2)
     cpu["night"] = round(sum(v for k, v in cpu.items() if k != "setup"), 2)
-    return {"lake_rows": manifest["size"], "lake_days": manifest["days"], "rows_added": added,
+    return {"lake_rows": manifest["size"], "lake_days": manifest["days"], "rows_added": added, "threads": threads,
+            "warm_start_epochs": settings.student.warm_start_epochs,
             "rows_relabeled": sum(a["rows_in"] for a in accounting), "label_contract_rows": result.rows_in,
             "label_contract_ok": result.ok, "training": {k: v for k, v in trained.items()
                                                         if k not in ("history", "folder") and not k.startswith("recipe")},
@@ -315,12 +317,14 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int) -> dict:
             "seconds": t, "cpu_seconds": cpu, "peak_rss_mb": round(_rss_mb(), 1), "load_avg_1m_end": round(_load(), 2)}
 
 
-def run_night(home: Path, root: Path, full_retrain: bool, threads: int, timeout: float) -> dict:
+def run_night(home: Path, root: Path, full_retrain: bool, threads: int, timeout: float,
+              warm_epochs: int | None = None) -> dict:
     """:func:`night` in a fresh process; its JSON result (with the wall time of the whole process)."""
     out = root / "work" / f"night-{'full' if full_retrain else 'bounded'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.bench_scale", "--home", str(home), "--one-night", str(root),
-           "--out", str(out), "--threads", str(threads)] + (["--full-retrain"] if full_retrain else [])
+           "--out", str(out), "--threads", str(threads)] + (["--full-retrain"] if full_retrain else []) + \
+        (["--warm-epochs", str(warm_epochs)] if warm_epochs else [])
     load = _load()
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
@@ -491,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-retrain-sizes", default="10000", help="lakes that also get a full-retrain night")
     p.add_argument("--relabel-rows", type=int, default=100_000, help="relabel benchmark rows (0 = skip)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of a night")
+    p.add_argument("--warm-epochs", type=int, help="student.warm_start_epochs of the nights (default: config's)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds one night may take")
     p.add_argument("--no-readme", action="store_true")
     p.add_argument("--one-night", metavar="LAKE", help=argparse.SUPPRESS)
@@ -504,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     home = bench_home(args.home)
     home.mkdir(parents=True, exist_ok=True)
     if args.one_night:
-        Path(args.out).write_text(json.dumps(night(home, Path(args.one_night), args.full_retrain, args.threads),
-                                             default=float))
+        Path(args.out).write_text(json.dumps(night(home, Path(args.one_night), args.full_retrain, args.threads,
+                                                   args.warm_epochs), default=float))
         return 0
     if args.relabel_only:
         teacher = ensure_teacher(home)
@@ -525,13 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lake {size}: {json.loads((roots[size] / 'manifest.json').read_text())['build_seconds']} s to build", flush=True)
     result["nights"] = []
     for size in sizes:
-        result["nights"].append(run_night(home, roots[size], False, args.threads, args.timeout))
+        result["nights"].append(run_night(home, roots[size], False, args.threads, args.timeout, args.warm_epochs))
         print(json.dumps({k: result["nights"][-1][k] for k in ("lake_rows", "seconds", "peak_rss_mb")}), flush=True)
     if len(sizes) > 1:  # the first lake again: how much the shared box moves the figures
-        result["repeat_first"] = run_night(home, roots[sizes[0]], False, args.threads, args.timeout)
+        result["repeat_first"] = run_night(home, roots[sizes[0]], False, args.threads, args.timeout, args.warm_epochs)
     result["full_retrains"] = []
     for size in [int(s) for s in args.full_retrain_sizes.split(",") if s]:
-        result["full_retrains"].append(run_night(home, roots[size], True, args.threads, args.timeout))
+        result["full_retrains"].append(run_night(home, roots[size], True, args.threads, args.timeout,
+                                                 args.warm_epochs))
         reset_lake(roots[size])
     for root in roots.values():
         reset_lake(root)
@@ -541,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "benchmarks.bench_scale", "--home", str(home), "--relabel-only",
                         str(args.relabel_rows), "--out", str(out)], cwd=ROOT, check=True, timeout=args.timeout)
         result["relabel"] = json.loads(out.read_text())
+    elif (home / "relabel.json").exists():  # measured by an earlier --relabel-only run
+        result["relabel"] = json.loads((home / "relabel.json").read_text())
     result["train_steps"] = True
     result["seconds"] = round(time.perf_counter() - start, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
