@@ -46,6 +46,13 @@ def nights(config, prefect_harness):
             "before_rerun": before_rerun, "after_rerun": len(lake.messages())}
 
 
+def gate_rows(card: str) -> dict[str, tuple[str, str, str]]:
+    """check -> (value, threshold, verdict) from the card's gate table (the version's description)."""
+    table = card.split("## Gate checks")[1].split("\n\n## ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    return {row[0]: (row[1], row[2], row[3]) for row in cells[1:]}
+
+
 def client(config):
     from models.registry import client as mlflow_client
     from edgeloop.config import load_settings
@@ -57,7 +64,7 @@ def test_teacher_is_registered_as_production(nights, config):
     c = client(config)
     mv = c.get_model_version_by_alias("teacher", "production")
     assert str(mv.version) == nights["teacher"]["version"] == "1"
-    assert float(mv.tags["golden.accuracy"]) == pytest.approx(nights["teacher"]["accuracy"])
+    assert float(mv.tags["golden.accuracy"]) == pytest.approx(nights["teacher"]["accuracy"], abs=5e-5)
 
 
 def test_each_night_is_a_parent_run_with_nested_step_runs_and_metrics(nights, config):
@@ -98,12 +105,14 @@ def test_champion_alias_and_gate_reasons_are_recorded(nights, config):
     assert str(champ.version) == nights["again"]["model_version"] == nights["again"]["champion_version"]
     for key in ("first", "second"):
         mv = c.get_model_version("edge-student", nights[key]["model_version"])
-        assert mv.tags["gate.decision"] == "pass" and mv.tags["gate.accuracy_floor"].startswith("pass value=")
-        assert mv.tags["gate.bundle_size_mb"].startswith("pass value=") and "threshold=2.0" in mv.tags["gate.bundle_size_mb"]
+        assert (mv.tags["gate.decision"], mv.tags["gate.failed"]) == ("pass", "none")
+        rows = gate_rows(mv.description)
+        assert rows["accuracy_floor"][2] == "pass" and rows["bundle_size_mb"][1:] == ("<= 2.0000", "pass")
         for check in ("behaviour_invariance", "behaviour_functionality", "behaviour_directional"):
-            assert mv.tags[f"gate.{check}"].startswith("pass value="), mv.tags[f"gate.{check}"]
+            assert rows[check][2] == "pass", rows[check]
     second = c.get_model_version("edge-student", nights["second"]["model_version"])
-    assert "gate.accuracy_vs_champion" in second.tags  # night 2 is compared with night 1's champion
+    assert "no_regression_overall" in gate_rows(second.description)  # night 2 is compared with night 1's champion
+    assert second.tags["champion_at_gate"] == f"v{nights['first']['model_version']}"
     assert nights["second"]["warm_start_from"] == nights["first"]["model_version"]
 
 
@@ -127,6 +136,25 @@ def test_quantized_model_reloaded_from_the_registry_predicts_as_before(nights, c
     assert manifest["signature"] and manifest["files"]["model.onnx"]["sha256"]
 
 
+def test_champion_and_teacher_load_as_mlflow_models(nights, config):
+    """What a reviewer does: load the registered models with mlflow.pyfunc and ask them."""
+    import mlflow
+
+    from edge.predictor import OnnxPredictor
+    from edgeloop.config import load_settings
+    from models.stores import StudentStore, champion_folder
+    from models.tracking import activate
+
+    settings = load_settings(overrides=config, environ={})
+    activate(settings.tracking_uri())
+    texts = ["where is my order", "I want my money back", "cancel my card please"]
+    _, folder = champion_folder(StudentStore.from_settings(settings))
+    expected = [label for label, _ in OnnxPredictor(folder / "edge").predict(texts)]
+    assert mlflow.pyfunc.load_model("models:/edge-student@champion").predict(texts) == expected
+    teacher_labels = mlflow.pyfunc.load_model("models:/teacher@production").predict(texts)
+    assert len(teacher_labels) == 3 and set(teacher_labels) <= set(OnnxPredictor(folder / "edge").labels)
+
+
 def test_behaviour_checks_on_the_shipped_bundle_are_what_the_gate_recorded(nights, config):
     """The checks rerun on the signed bundle a device gets give the rates the gate judged."""
     from data_contracts.datasets import load_split
@@ -140,11 +168,11 @@ def test_behaviour_checks_on_the_shipped_bundle_are_what_the_gate_recorded(night
     bundle = nights["first"]["bundle"]
     report = run_checks(shipped_predictor(bundle), OnnxPredictor(bundle).labels, texts, y,
                         max_texts=settings.evaluation.behaviour_texts)
-    tags = client(config).get_model_version("edge-student", nights["first"]["model_version"]).tags
+    rows = gate_rows(client(config).get_model_version("edge-student", nights["first"]["model_version"]).description)
     for check, floor in (("invariance", settings.gate.min_invariance),
                          ("functionality", settings.gate.min_functionality),
                          ("directional", settings.gate.min_directional)):
-        assert tags[f"gate.behaviour_{check}"] == f"pass value={report.rates[check]} >= threshold={floor}"
+        assert rows[f"behaviour_{check}"] == (f"{report.rates[check]:.4f}", f">= {floor:.4f}", "pass")
     assert report.cases["invariance.numbers"] + report.cases["invariance.amounts"] > 0
     assert report.cases["invariance.names"] == 2 * min(len(texts), settings.evaluation.behaviour_texts)
 
