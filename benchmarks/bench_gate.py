@@ -68,8 +68,9 @@ def without_intent(intent: str | None):
 
     def filtered(*args, **kwargs):
         rows = original(*args, **kwargs)
-        keep = (rows["label"] != intent) & (rows["gold_label"] != intent)
-        return rows[keep].reset_index(drop=True)
+        # gold_label is a nullable string column: <NA> == intent is <NA>, counted as "not that intent"
+        gone = rows["label"].eq(intent) | rows["gold_label"].eq(intent).fillna(False).astype(bool)
+        return rows[~gone].reset_index(drop=True)
 
     replay.select_rows = filtered
     try:
@@ -78,8 +79,18 @@ def without_intent(intent: str | None):
         replay.select_rows = original
 
 
-def train(name: str, cfg, lake, ref, teacher, labels, work: Path, threads: int, drop: str | None = None):
+def train(name: str, cfg, lake, ref, teacher, labels, work: Path, threads: int, drop: str | None = None,
+          reuse: bool = False):
     from models.candidate import train_candidate
+    from models.replay import read_mark
+
+    if reuse:  # trained there by an earlier run of this benchmark with the same options
+        mark = read_mark(work / name / "student")
+        if mark is None or not (work / name / "edge").is_dir():
+            raise SystemExit(f"--reuse {name}: no trained student in {work / name}")
+        print(f"  reused {name} from {work / name}", flush=True)
+        return work / name / "edge", {"n_train": mark["n_train"], "n_augmented": mark["n_augmented"],
+                                      "epochs": cfg.epochs, "seed": cfg.seed, "reused": True}
 
     start = time.perf_counter()
     with without_intent(drop):
@@ -162,7 +173,7 @@ def flip_two(gold, champ_pred, base_pred, labels) -> tuple[list[str], dict]:
 
 
 def bench(dataset: str, source: Path, work: Path, resamples: int, epochs: int | None, threads: int,
-          drop: str | None) -> dict:
+          drop: str | None, reuse: tuple[str, ...] = ()) -> dict:
     from data_contracts.datasets import load_dataset, split_dataset
     from data_contracts.lake import Lake
     from edgeloop.config import load_settings
@@ -193,7 +204,8 @@ def bench(dataset: str, source: Path, work: Path, resamples: int, epochs: int | 
     plan = {"champion": (base, None), "seed": (base.model_copy(update={"seed": base.seed + 1}), None),
             "drop": (base, drop), "longer": (base.model_copy(update={"epochs": base.epochs * 2}), None)}
     for name, (cfg, without) in plan.items():
-        edge, models[name] = train(name, cfg, lake, ref, teacher, labels, work / "students", threads, without)
+        edge, models[name] = train(name, cfg, lake, ref, teacher, labels, work / "students", threads, without,
+                                   reuse=name in reuse)
         preds[name] = predict(edge, texts)
         models[name]["golden_accuracy"] = round(float(np.mean(np.asarray(preds[name]) == np.asarray(gold))), 4)
     gate_cfg = settings.gate
@@ -227,11 +239,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, help="student epochs of champion/seed/drop (default: StudentConfig's)")
     ap.add_argument("--drop", help="intent removed for (b) (default: the one with most golden texts)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse", nargs="*", default=[], choices=["champion", "seed", "drop", "longer"],
+                    help="students to take as an earlier run in --work trained them (same options), not retrain")
     args = ap.parse_args(argv)
     source = args.source_home or Path(SOURCE_HOMES[args.dataset])
     work = args.work or Path(f"/tmp/bench-gate-{args.dataset}")
     start = time.perf_counter()
-    res = bench(args.dataset, source, work, args.resamples, args.epochs, args.threads, args.drop)
+    res = bench(args.dataset, source, work, args.resamples, args.epochs, args.threads, args.drop,
+                tuple(args.reuse))
     res["wall_s"] = round(time.perf_counter() - start, 1)
     res["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     RESULTS.mkdir(parents=True, exist_ok=True)
