@@ -212,7 +212,7 @@ def release(store: StudentStore, version: str, reason: str, by: str) -> dict:
     before = channel_version(store, STABLE)
     channel = _publish(store, STABLE, version, reason)
     entry = registry.append_history(store.home, store.name, action=STABLE, from_version=before,
-                                    to_version=version, why=reason, by=by)
+                                    to_version=version, why=reason, by=by, tracking_uri=store.tracking_uri)
     return {"promotion": entry, "channel": channel}
 
 

@@ -209,7 +209,6 @@ def shop_nights(nights, config, tmp_path_factory):
     broken.write_text("question,answer\nwhere is my order,track_order\n")
     settings = load_settings(overrides=config, environ={})
     ok = nightly(night="2026-11-03", input_file=str(mixed), config=config)
-    champion_before = alias_version(settings.tracking_uri(), "edge-student", CHAMPION)
     # The same date again with another export: the night is complete, so it runs as its own import;
     # the very same export a third time is refused with the reason, never a silent skip.
     other = folder / "other.csv"
@@ -219,10 +218,12 @@ def shop_nights(nights, config, tmp_path_factory):
     imported = nightly(night="2026-11-03", input_file=str(other), config=config)
     with pytest.raises(Exception) as refused:
         nightly(night="2026-11-03", input_file=str(other), config=config)
+    champion_before = alias_version(settings.tracking_uri(), "edge-student", CHAMPION)
     with pytest.raises(Exception) as stopped:
         nightly(night="2026-11-04", input_file=str(broken), config=config)
     report = json.loads((settings.home_path() / "work" / "2026-11-03" / "ingest_report.json").read_text())
-    return {"ok": ok, "report": report, "stopped": stopped.value, "imported": imported, "refused": refused.value, "settings": settings, "n_good": len(good),
+    return {"ok": ok, "report": report, "stopped": stopped.value, "imported": imported, "refused": refused.value,
+            "settings": settings, "n_good": len(good),
             "n_hostile": len(hostile) + 1, "champion_before": champion_before,
             "champion_after": alias_version(settings.tracking_uri(), "edge-student", CHAMPION)}
 
