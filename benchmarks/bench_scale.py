@@ -273,10 +273,13 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs:
     shutil.copytree(ensure_champion(home, teacher_folder), champ)
     last = DAY0 + timedelta(days=manifest["days"])
     write_mark(champ / "student", {"trained_through": pd.Timestamp(last).isoformat(), "teacher_version": TEACHER_KEY})
-    raw, _ = unique_perturbations(base["stream"], PER_DAY + 400, seed=7, avoid=set())
+    # Perturbations of the stream the lake does not hold yet (a large lake holds many already).
+    raw, _ = unique_perturbations(base["stream"], 3 * PER_DAY, seed=7, avoid=set())
     keys = [message_id(redact(r)[0]) for r in raw]
     held = set(lake.messages(ids=keys, columns=["message_id"])["message_id"])
-    fresh = [r for r, k in zip(raw, keys) if k not in held]
+    fresh = list(dict.fromkeys(r for r, k in zip(raw, keys) if k not in held))
+    if len({message_id(redact(r)[0]) for r in fresh[:PER_DAY]}) < PER_DAY:
+        raise RuntimeError(f"only {len(fresh)} new texts for a {PER_DAY}-row night")
     lap("setup")
 
     tonight = DAY0 + timedelta(days=manifest["days"] + 1)
