@@ -441,7 +441,7 @@ def compare_readers(root: Path, repeats: int = 3) -> dict:
         con = duckdb.connect()
         con.execute("SET threads TO 2")
         con.register("idf", pd.DataFrame({"message_id": ids}))
-        q = lambda sql: con.execute(sql).to_arrow_table()  # noqa: E731
+        q = lambda sql: con.sql(sql).to_arrow_table()  # noqa: E731
         contenders["duckdb"] = {
             "dedup_2000_ids": lambda: q(f"SELECT message_id FROM read_parquet({msgs}) WHERE message_id IN (SELECT message_id FROM idf)"),
             "unlabeled_ids": lambda: q(f"SELECT m.message_id FROM read_parquet({msgs}) m ANTI JOIN read_parquet({labels}) l USING (message_id)"),
