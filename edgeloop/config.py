@@ -24,7 +24,7 @@ from edgeloop.settings_sources import ENV_PREFIX, ConfigError, file_and_env_sour
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings", "settings_from_json"]
 
 # The sections live in edgeloop.sections; they are importable from here too.
-from edgeloop.sections import (REPO_ROOT, ArrivalsConfig, BundleConfig, ContractsConfig,  # noqa: F401
+from edgeloop.sections import (REPO_ROOT, ArrivalsConfig, BundleConfig, CollabConfig, ContractsConfig,  # noqa: F401
                                DatasetConfig, EvalConfig, FederatedConfig, GateConfig, MlflowConfig,
                                SqlArrivalsConfig, StudentConfig, TeacherConfig, TufConfig)
 
@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     arrivals: ArrivalsConfig = Field(default_factory=ArrivalsConfig)
     federated: FederatedConfig = Field(default_factory=FederatedConfig)
+    collab: CollabConfig = Field(default_factory=CollabConfig)
     schedule_timezone: str = Field("UTC", description="Timezone of the nightly schedule: a scheduled run's "
                                    "night is its scheduled date there (EDGELOOP_TZ sets it too).")
     lake_url: str = Field("", description="Root of the lake: a folder or an fsspec URL (s3://bucket/lake); "

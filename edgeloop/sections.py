@@ -261,6 +261,32 @@ class FederatedConfig(_Section):
         return Path(self.uploads_dir).expanduser() if self.uploads_dir else Path(home) / "patch_uploads" / "inbox"
 
 
+class CollabConfig(_Section):
+    """End-cloud collaboration (docs/collaboration.md): the night calibrates the student, picks the
+    deferral threshold and out-of-scope cut at the gate and ships them in the signed manifest."""
+
+    enabled: bool = Field(True, description="Calibrate, choose thresholds and ship a policy every night.")
+    target_accuracy: float = Field(0.98, gt=0, le=1, description="The device answers only where its accuracy "
+                                   "on golden reaches this; the rest is deferred to the cloud.")
+    calibration_share: float = Field(0.1, ge=0, lt=0.5, description="Share of lake messages (by message-id "
+                                     "hash, stable across nights) never trained on: the calibration slice.")
+    oos_path: str = Field("data/clinc150/data_full.json", description="CLINC150-layout JSON of out-of-scope "
+                          "texts (keys below); empty = no rejection. Default: CLINC150's oos queries, CC BY 3.0.")
+    oos_train_key: str = Field("oos_train", description="Outlier-exposure negatives the student trains on.")
+    oos_val_key: str = Field("oos_val", description="Negatives that choose the rejection threshold.")
+    oos_test_key: str = Field("oos_test", description="Negatives the gate measures OOS recall on.")
+    oos_score: Literal["msp", "energy"] = Field("energy", description="Out-of-scope score the device computes.")
+    oos_max_accuracy_loss: float = Field(0.01, ge=0, le=1, description="In-scope accuracy the rejection "
+                                         "may cost (the OOS threshold is chosen at this).")
+    min_oos_recall: float = Field(0.8, ge=0, le=1, description="Gate floor: OOS recall at the chosen cut.")
+    max_coverage_drop: float = Field(0.05, ge=0, le=1, description="Gate: coverage at the target accuracy "
+                                     "may fall at most this far below the champion's.")
+    cloud_url: str = Field("http://127.0.0.1:8090", description="The cloud endpoint devices defer to "
+                           "(edgeloop.cloud/1); `make up` serves the registered teacher there.")
+    cloud_timeout_s: float = Field(2.0, gt=0, description="A deferred message waits this long for the cloud; "
+                                   "then the device answers itself and flags the answer.")
+
+
 class MlflowConfig(_Section):
     tracking_uri: str = Field("", description="Empty = sqlite:///<home>/mlflow.db.")
     artifact_root: str = Field("", description="Empty = <home>/mlartifacts.")
