@@ -81,7 +81,7 @@ def comparison_lines(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     out = ["", "## Candidate vs champion (paired, same golden texts)", "",
-           "| slice | n | champion | candidate | effect | worse / better | p (Holm) | 95% CI |",
+           "| slice | n | champion | candidate | effect | worse / better | p (Tarone-adjusted) | 95% CI |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["slice"] != "overall" and not (r["worse"] or r["better"]):

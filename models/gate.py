@@ -33,7 +33,7 @@ class Check:
 class GateDecision:
     passed: bool
     checks: list[Check] = field(default_factory=list)
-    #: Candidate vs champion per slice (overall, then each intent): effect, p, Holm p, CI.
+    #: Candidate vs champion per slice (overall, then each intent): effect, p, adjusted p, CI, one-sided bound.
     comparison: list[dict] = field(default_factory=list)
 
     @property
@@ -69,28 +69,32 @@ def _check(name: str, value: float | None, threshold: float | None, op: str, det
 def champion_checks(candidate: EvalResult, champion: EvalResult, cfg: GateConfig) -> tuple[list[Check], list[dict]]:
     """No regression vs the champion, paired on the same golden texts, overall and per intent.
 
-    A check fails only for a drop that is significant (one-sided exact McNemar; Holm-adjusted
-    across intents) and at least the configured effect; noise between equally good models passes.
-    Returns the two checks and the per-slice rows (effect, p, CI) for the card.
+    Overall, a check fails only when the one-sided upper confidence bound of the accuracy
+    difference lies below ``-min_regression`` (the data show a drop larger than that); per
+    intent, for a drop that is significant (exact McNemar, Tarone-corrected across intents) and at
+    least ``min_intent_regression``. Noise between equally good models passes
+    (:mod:`models.significance`). Returns the two checks and the per-slice rows for the card.
     """
-    from models.significance import compare_paired, regressions
+    from models.significance import compare_paired, material_drop, regressions
 
     if candidate.gold != champion.gold or not candidate.gold:
         return [Check("no_regression_vs_champion", None, None, ">=", False,
                       "candidate and champion were not evaluated on the same golden texts")], []
     overall, intents = compare_paired(candidate.gold, champion.predictions, candidate.predictions,
-                                      resamples=cfg.bootstrap_resamples)
-    worse = regressions([overall], cfg.alpha, cfg.min_regression)
-    checks = [Check("no_regression_overall", overall.effect, -cfg.min_regression, ">=", not worse,
-                    f"p={overall.p_value:.3g} (alpha {cfg.alpha}), 95% CI [{overall.ci_low:+.4f}, "
-                    f"{overall.ci_high:+.4f}], {overall.worse} worse / {overall.better} better of {overall.n}")]
+                                      resamples=cfg.bootstrap_resamples, alpha=cfg.alpha)
+    level = round(100 * (1 - cfg.alpha))
+    checks = [Check("no_regression_overall", overall.bound_high, -cfg.min_regression, ">=",
+                    not material_drop(overall, cfg.min_regression),
+                    f"one-sided {level}% upper bound of the accuracy change (observed {overall.effect:+.4f}, "
+                    f"95% CI [{overall.ci_low:+.4f}, {overall.ci_high:+.4f}], McNemar p={overall.p_value:.3g}, "
+                    f"{overall.worse} worse / {overall.better} better of {overall.n})")]
     bad = regressions(intents, cfg.alpha, cfg.min_intent_regression)
-    worst = min(intents, key=lambda r: r.p_adjusted) if intents else None
-    detail = ("regressed: " + "; ".join(f"{r.slice} {r.effect:+.3f} (n={r.n}, p_holm={r.p_adjusted:.2g})" for r in bad)
+    worst = min(intents, key=lambda r: (r.p_adjusted, r.p_value)) if intents else None
+    detail = ("regressed: " + "; ".join(f"{r.slice} {r.effect:+.3f} (n={r.n}, p_adj={r.p_adjusted:.2g})" for r in bad)
               if bad else f"most significant drop: {worst.slice} {worst.effect:+.3f} (n={worst.n}, "
-              f"p_holm={worst.p_adjusted:.2g})" if worst else "")
+              f"p={worst.p_value:.2g}, p_adj={worst.p_adjusted:.2g})" if worst else "")
     checks.append(Check("no_regression_per_intent", float(len(bad)), 0.0, "<=", not bad,
-                        f"{detail}; block needs p_holm < {cfg.alpha} and a drop >= {cfg.min_intent_regression}"))
+                        f"{detail}; block needs p_adj (Tarone) < {cfg.alpha} and a drop >= {cfg.min_intent_regression}"))
     return checks, [r.to_dict() for r in [overall, *intents]]
 
 
