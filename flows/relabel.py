@@ -12,9 +12,16 @@ from tasks import night as t
 
 
 @flow(name="relabel", log_prints=True)
-def relabel(settings: Settings, ref: TeacherRef, shards: list[list[str]]) -> list[dict]:
-    """Label every shard with the teacher (one task per shard); returns each shard's contract accounting."""
+def relabel(settings: Settings, ref: TeacherRef, expected: int) -> list[dict]:
+    """Label every message this teacher has not labeled, one task per shard; returns each shard's
+    contract accounting. It plans its own shards (the night's plan, recomputed: the night holds the
+    lake alone) because flow parameters are stored by the Prefect API, which refuses ones over
+    512 KB: 100k message ids are 3.5 MB. ``expected`` is the number of ids the night planned."""
     lake = Lake(settings.lake_root())  # this flow's own: its parameters travel as JSON
+    shards = t.plan_relabel(settings.teacher, lake, ref)
+    if sum(map(len, shards)) != expected:
+        raise RuntimeError(f"relabel subflow planned {sum(map(len, shards))} messages, the night planned "
+                           f"{expected}: did another process write to the lake during the night?")
     return t.relabel_shard.map(cfg=unmapped(settings.teacher), lake=unmapped(lake), ref=unmapped(ref),
                                ids=shards).result()
 
@@ -28,4 +35,5 @@ def relabel_all(settings: Settings, lake: Lake, ref: TeacherRef, shards: list[li
     if settings.runner == "thread" or not shards:
         return t.relabel_shard.map(cfg=unmapped(settings.teacher), lake=unmapped(lake), ref=unmapped(ref),
                                    ids=shards).result()
-    return relabel.with_options(task_runner=task_runner(settings))(settings=settings, ref=ref, shards=shards)
+    return relabel.with_options(task_runner=task_runner(settings))(settings=settings, ref=ref,
+                                                                   expected=sum(map(len, shards)))
