@@ -17,7 +17,8 @@ it batched). ``GET /health`` answers ``{"status": "ok", "teacher_version", "labe
 :class:`CloudClient` redacts again before sending (a no-op on redacted text), so nothing
 unredacted leaves the device through it. When the cloud is unreachable, slow, saturated or
 answers garbage it returns None and keeps the reason in ``last_error``: the device then answers
-locally and flags the answer (:func:`answer`).
+locally and flags the answer (:func:`answer`, :func:`answer_many`). ``timeout_s`` bounds the
+connect and each socket read (urllib), so a server that trickles bytes can take a little longer.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ HEALTH_PATH = "/health"
 MAX_MESSAGES = 64
 MAX_TEXT_CHARS = 2000
 MAX_BODY_BYTES = 256 * 1024
+#: Where a device defers by default: ``collab.cloud_url``'s default (the server side's config,
+#: which a device does not import; tests/test_device_collab.py checks the two agree).
+DEFAULT_CLOUD_URL = "http://127.0.0.1:8090"
+DEFAULT_TIMEOUT_S = 2.0
+LOW_CONFIDENCE = "low_confidence"
 
 
 class WireError(ValueError):
@@ -161,19 +167,25 @@ class CloudClient:
 
     def __init__(self, url: str, timeout_s: float = 1.0, device_id: str | None = None,
                  model_version: str | None = None, token: str | None = None):
-        if not url.startswith(("http://", "https://")):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"cloud url must start with http:// or https://, got {url!r}")
-        if not timeout_s > 0:
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"cloud timeout_s must be > 0, got {timeout_s!r}")
         self.url = url.rstrip("/") + CLASSIFY_PATH
         self.timeout_s = timeout_s
         self.device_id, self.model_version, self.token = device_id, model_version, token
         self.last_error: str | None = None
 
-    def classify(self, texts: list[str]) -> CloudReply | None:
+    def classify(self, texts: list[str], model_version: str | None = None) -> CloudReply | None:
         """The cloud's answers for ``texts`` (redacted again here), or None when it fails."""
+        reply, self.last_error = self.request(texts, model_version)
+        return reply
+
+    def request(self, texts: list[str], model_version: str | None = None) -> tuple[CloudReply | None, str | None]:
+        """(reply, None) or (None, why it failed): :meth:`classify` without shared state, for
+        callers on several threads. ``model_version`` overrides the client's for this request."""
         sent = [redact(t)[0] for t in texts]
-        body = json.dumps(make_request(sent, self.device_id, self.model_version)).encode("utf-8")
+        body = json.dumps(make_request(sent, self.device_id, model_version or self.model_version)).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -185,7 +197,7 @@ class CloudClient:
             latency = (time.perf_counter() - start) * 1e3
             if len(raw) > MAX_BODY_BYTES:
                 raise WireError(f"response larger than {MAX_BODY_BYTES} bytes")
-            reply = parse_response(json.loads(raw), [message_id(t) for t in sent], latency)
+            return parse_response(json.loads(raw), [message_id(t) for t in sent], latency), None
         except urllib.error.HTTPError as exc:
             return self._fail(f"http {exc.code}: {exc.read(500).decode('utf-8', 'replace')}")
         except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError) as exc:
@@ -193,13 +205,10 @@ class CloudClient:
             return self._fail(f"unreachable: {type(reason).__name__}: {reason}")
         except (WireError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
             return self._fail(f"bad response: {exc}")
-        self.last_error = None
-        return reply
 
-    def _fail(self, reason: str) -> None:
-        self.last_error = reason
+    def _fail(self, reason: str) -> tuple[None, str]:
         log.warning("cloud %s: %s", self.url, reason)
-        return None
+        return None, reason
 
 
 @dataclass(frozen=True)
@@ -208,7 +217,8 @@ class Answer:
 
     ``route`` says who answered: ``device``, ``cloud`` or ``rejected`` (out of scope, hand off;
     ``label`` is None). ``deferred`` is True when the policy sent the message to the cloud, even
-    if the cloud failed; then the device answered locally and ``flag`` says why.
+    if the cloud failed; then the device answered locally and ``flag`` says why. A device with no
+    cloud endpoint answers such a message itself, not deferred, flagged ``low_confidence: …``.
     """
 
     label: str | None
@@ -225,6 +235,11 @@ class Answer:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def unsure(self) -> bool:
+        """True when the device's policy did not let it answer alone (deferred, or no cloud to defer to)."""
+        return self.deferred or (self.flag or "").startswith(LOW_CONFIDENCE)
+
 
 def answer(text: str, logits: Any, labels: list[str], policy: CollabPolicy, cloud: CloudClient | None,
            started: float | None = None) -> Answer:
@@ -233,27 +248,57 @@ def answer(text: str, logits: Any, labels: list[str], policy: CollabPolicy, clou
     ``started`` is the ``time.perf_counter()`` taken before the device model ran, so
     ``latency_ms`` covers tokenization, inference and the cloud round trip.
     """
-    started = time.perf_counter() if started is None else started
     row = np.atleast_2d(np.asarray(logits, dtype=np.float64))
     if row.shape != (1, len(labels)):
         raise ValueError(f"logits must be one row of {len(labels)} values, got shape {row.shape}")
-    d = decide(row, policy)[0]
-    local = labels[d.index]
+    return answer_many([text], row, labels, policy, cloud, started)[0]
 
-    def done(label, conf, route, **extra) -> Answer:
-        return Answer(label, round(conf, 6), route, d.route == "cloud", local, round(d.confidence, 6),
-                      round((time.perf_counter() - started) * 1e3, 3), **extra)
 
-    if d.route == "rejected":
-        return done(None, d.confidence, "rejected")
-    if d.route == "device":
-        return done(local, d.confidence, "device")
-    reply = cloud.classify([text]) if cloud is not None else None
-    if reply is None:
-        why = cloud.last_error if cloud is not None else "no cloud endpoint configured"
-        return done(local, d.confidence, "device", flag=f"cloud_unreachable: {why}")
-    r = reply.results[0]
-    extra = dict(cloud_ms=round(reply.latency_ms, 3), teacher_version=reply.teacher_version)
-    if r.out_of_scope:
-        return done(None, r.confidence, "rejected", **extra)
-    return done(r.label, r.confidence, "cloud", **extra)
+def answer_many(texts: list[str], logits: Any, labels: list[str], policy: CollabPolicy, cloud: CloudClient | None,
+                started: float | None = None, model_version: str | None = None) -> list[Answer]:
+    """Route redacted ``texts`` given the device model's ``logits`` (one row each).
+
+    The deferred ones go to the cloud together (requests of at most :data:`MAX_MESSAGES`); every
+    answer's ``latency_ms`` runs from ``started`` to the end of the batch. ``cloud`` None (a device
+    with no endpoint) never defers: what the policy would defer is answered by the device with
+    ``flag`` ``low_confidence: …`` and ``deferred`` false.
+    """
+    started = time.perf_counter() if started is None else started
+    z = np.asarray(logits, dtype=np.float64)
+    if z.ndim != 2 or z.shape != (len(texts), len(labels)):
+        raise ValueError(f"logits must be {len(texts)} row(s) of {len(labels)} values, got shape {z.shape}")
+    decisions = decide(z, policy) if len(texts) else []
+    deferred = [i for i, d in enumerate(decisions) if d.route == "cloud"]
+    results: dict[int, tuple[CloudResult, CloudReply]] = {}
+    failed: dict[int, str] = {}
+    for start in range(0, len(deferred) if cloud is not None else 0, MAX_MESSAGES):
+        chunk = deferred[start:start + MAX_MESSAGES]
+        reply, why = cloud.request([texts[i] for i in chunk], model_version)
+        for k, i in enumerate(chunk):
+            if reply is None:
+                failed[i] = f"cloud_unreachable: {why}"
+            else:
+                results[i] = (reply.results[k], reply)
+    latency = round((time.perf_counter() - started) * 1e3, 3)
+    out = []
+    for i, d in enumerate(decisions):
+        local, conf = labels[d.index], round(d.confidence, 6)
+
+        def done(label, confidence, route, deferred=d.route == "cloud", **extra) -> Answer:
+            return Answer(label, round(confidence, 6), route, deferred, local, conf, latency, **extra)
+
+        if d.route == "rejected":
+            out.append(done(None, d.confidence, "rejected"))
+        elif d.route == "device":
+            out.append(done(local, d.confidence, "device"))
+        elif cloud is None:
+            out.append(done(local, d.confidence, "device", deferred=False,
+                            flag=f"{LOW_CONFIDENCE}: no cloud endpoint configured"))
+        elif i in failed:
+            out.append(done(local, d.confidence, "device", flag=failed[i]))
+        else:
+            r, reply = results[i]
+            extra = dict(cloud_ms=round(reply.latency_ms, 3), teacher_version=reply.teacher_version)
+            out.append(done(None, r.confidence, "rejected", **extra) if r.out_of_scope
+                       else done(r.label, r.confidence, "cloud", **extra))
+    return out
