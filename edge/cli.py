@@ -5,7 +5,9 @@ Options fall back to environment variables so a device's service file stays shor
 ``EDGELOOP_EDGE_HOME``, ``EDGELOOP_EDGE_BUNDLES``, ``EDGELOOP_EDGE_PUBLIC_KEY``,
 ``EDGELOOP_EDGE_DEVICE_ID``, ``EDGELOOP_EDGE_CANARY_SHARE``, ``EDGELOOP_EDGE_TUF_ROOT``,
 ``EDGELOOP_EDGE_PERSONALIZE`` (on/off), ``EDGELOOP_EDGE_REFIT_EVERY``, ``EDGELOOP_EDGE_UPLOAD`` (none/dp_delta),
-``EDGELOOP_EDGE_DP_EPSILON``. Every command prints JSON.
+``EDGELOOP_EDGE_DP_EPSILON``, ``EDGELOOP_EDGE_CLOUD_URL`` (where a bundle's collab policy defers;
+default http://127.0.0.1:8090, the config's ``collab.cloud_url``; ``none`` = never defer),
+``EDGELOOP_EDGE_CLOUD_TIMEOUT_S``, ``EDGELOOP_EDGE_CLOUD_TOKEN``. Every command prints JSON.
 Errors go to stderr as JSON.
 Exit codes: 0 ok, 1 sync refused or failed (or a bundle failed verification), 2 bad usage or input, 3 no model installed.
 """
@@ -21,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from edge.cloud import DEFAULT_CLOUD_URL, DEFAULT_TIMEOUT_S
 from edge.device import Device, NoModelError
 from edge.personal import UPLOAD_POLICIES, PersonalConfig
 from edge.verify import BundleVerificationError
@@ -55,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/personalization.md) [$EDGELOOP_EDGE_UPLOAD, none]")
     p.add_argument("--dp-epsilon", type=float, default=float(_env("DP_EPSILON", "1.0")),
                    help="epsilon of one dp_delta upload [$EDGELOOP_EDGE_DP_EPSILON, 1.0]")
+    p.add_argument("--cloud-url", default=_env("CLOUD_URL", DEFAULT_CLOUD_URL),
+                   help="cloud endpoint (edgeloop.cloud/1) that unsure messages are deferred to; 'none': never "
+                        f"defer, answer them here flagged low_confidence [$EDGELOOP_EDGE_CLOUD_URL, {DEFAULT_CLOUD_URL}]")
+    p.add_argument("--cloud-timeout-s", type=float, default=float(_env("CLOUD_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))),
+                   help="a deferred message waits this long; then the device answers it, flagged "
+                        f"cloud_unreachable [$EDGELOOP_EDGE_CLOUD_TIMEOUT_S, {DEFAULT_TIMEOUT_S}]")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO to stderr")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     en = sub.add_parser("enroll", help="pin the TUF root: from then on sync follows channels only through TUF")
@@ -62,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the night's TUF root (<EDGELOOP_HOME>/tuf/metadata/root.json), "
                          "delivered out of band [$EDGELOOP_EDGE_TUF_ROOT]")
     sub.add_parser("sync", help="install the bundle this device's channel points at")
-    pr = sub.add_parser("predict", help="classify one message")
-    pr.add_argument("text")
+    pr = sub.add_parser("predict", help="classify messages: label, route (device/cloud/rejected), latency")
+    pr.add_argument("text", nargs="+", help="one message (prints one object) or several (prints a list)")
     fb = sub.add_parser("feedback", help="record whether a prediction was right")
     fb.add_argument("message", help="the message text, or the message_id that predict printed")
     fb.add_argument("--predicted", required=True, help="the label the model predicted")
@@ -71,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--accepted", dest="accepted", action="store_true", help="the user accepted it")
     verdict.add_argument("--rejected", dest="accepted", action="store_false", help="the user rejected it")
     fb.add_argument("--corrected-label", help="the right label, when the user gave one")
+    fb.add_argument("--route", choices=("device", "cloud", "rejected"),
+                    help="how the prediction was answered (predict printed it; a serving device remembers it)")
+    fb.add_argument("--latency-ms", type=float, help="the prediction's latency_ms, as predict printed it")
+    fb.add_argument("--cloud-ms", type=float, help="the prediction's cloud_ms, as predict printed it")
     sub.add_parser("rollback", help="go back to the previous model until the next sync")
     sub.add_parser("status", help="device id, channel, installed versions, TUF enrolment, last refusal, personalization")
     sub.add_parser("personalize", help="fit the device's patch on its stored corrections now (kept if its gate passes)")
@@ -107,8 +120,10 @@ def make_device(args: argparse.Namespace) -> Device:
     public_key = Path(args.public_key) if args.public_key else home / "edge_signing.pub"
     personal = PersonalConfig(enabled=args.personalize == "on", refit_every=args.refit_every, upload=args.upload,
                               dp_epsilon=args.dp_epsilon)
+    cloud_url = None if args.cloud_url.strip().lower() in ("", "none", "off") else args.cloud_url.strip()
     return Device(_device_id(home, args.device_id), home, args.bundles, public_key, args.canary_share,
-                  personal=personal)
+                  personal=personal, cloud_url=cloud_url, cloud_timeout_s=args.cloud_timeout_s,
+                  cloud_token=os.environ.get("EDGELOOP_EDGE_CLOUD_TOKEN") or None)
 
 
 def _print(payload: Any, stream=None) -> None:
@@ -144,9 +159,13 @@ def run(args: argparse.Namespace) -> int:
         _print(result.to_dict())
         return EXIT_OK if result.ok else EXIT_SYNC
     if args.command == "predict":
-        _print(device.predict(args.text).to_dict())
+        if len(args.text) == 1:
+            _print(device.predict(args.text[0]).to_dict())
+        else:
+            _print([p.to_dict() for p in device.predict_many(args.text)])
     elif args.command == "feedback":
-        _print(device.feedback(args.message, args.predicted, args.accepted, args.corrected_label))
+        route = {"route": args.route, "latency_ms": args.latency_ms, "cloud_ms": args.cloud_ms}
+        _print(device.feedback(args.message, args.predicted, args.accepted, args.corrected_label, route=route))
     elif args.command == "rollback":
         _print({"model_version": device.rollback()})
     elif args.command == "status":

@@ -18,8 +18,9 @@ A device enrolled with a TUF root (:meth:`Device.enroll`) follows channels only 
 repository at ``bundles`` (:mod:`edge.updater`): older, expired or mixed metadata and any file the
 signed targets do not name are refused before anything is installed.
 
-Predictions go through the device's patch when one passed its gate (edge/device_patch.py); sync
-and TUF live in edge/sync.py.
+Predictions go through the device's patch when one passed its gate (edge/device_patch.py) and are
+routed by the bundle's collab policy: device, cloud or rejected (edge/route.py); sync and TUF live
+in edge/sync.py.
 """
 
 from __future__ import annotations
@@ -30,41 +31,26 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.channels import CANARY, STABLE
+from edge.cloud import DEFAULT_TIMEOUT_S
 from edge.device_patch import DevicePatch
 from edge.feedback import append_event, is_device_id, looks_like_message_id, make_event, message_id
 from edge.fetch import PlainFeed, Source, open_source
 from edge.personal import PersonalConfig, Personalizer
 from edge.predictor import LABELS_FILE, OnnxPredictor
 from edge.redact import redact
+from edge.route import MAX_TEXT_CHARS, DeviceRouting, Prediction, check_text  # noqa: F401 - part of this API
 from edge.sync import LAST_REFUSAL, TUF_DIR, DeviceSync, SyncResult  # noqa: F401 - part of this API
 from edge.verify import BundleVerificationError, verify_bundle
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 20_000
-_RECENT = 1024  # message ids remembered so feedback can name a message by id only
-
 
 class NoModelError(RuntimeError):
     """The device has no usable model yet (run ``sync``) or nothing to roll back to."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    confidence: float
-    model_version: str
-    message_id: str
-    patched: bool = False
-    base_label: str | None = None  # what the base model alone answers
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def canary_bucket(device_id: str) -> float:
@@ -77,18 +63,23 @@ def assign_channel(device_id: str, canary_share: float) -> str:
     return CANARY if canary_bucket(device_id) < canary_share else STABLE
 
 
-class Device(DeviceSync, DevicePatch):
+class Device(DeviceSync, DevicePatch, DeviceRouting):
     """An edge device rooted at ``home`` that follows channels published under ``bundles``.
 
     ``bundles`` is the bundles root as a path, ``file://`` URL or ``http(s)://`` URL (None for a
     device that only serves what it has); for a device enrolled with a TUF root it is the TUF
     repository (the night's ``<home>/tuf``). ``public_key`` is the PEM file of the key that signs bundles.
     ``personal`` sets personalization and what may be uploaded (default :class:`PersonalConfig`).
+    ``cloud_url`` is the endpoint a bundle's collab policy defers to (None: the device never
+    defers and flags its unsure answers ``low_confidence``); ``cloud_timeout_s`` how long a
+    deferred message waits before the device answers it itself (flagged ``cloud_unreachable``).
     """
 
     def __init__(self, device_id: str, home: str | Path, bundles: str | Path | None, public_key: str | Path,
                  canary_share: float = 0.1, *, max_bundle_bytes: int = 1 << 30,
-                 timeout: float = 30.0, threads: int = 1, personal: PersonalConfig | None = None):
+                 timeout: float = 30.0, threads: int = 1, personal: PersonalConfig | None = None,
+                 cloud_url: str | None = None, cloud_timeout_s: float = DEFAULT_TIMEOUT_S,
+                 cloud_token: str | None = None):
         if not is_device_id(device_id):
             raise ValueError(f"device_id {device_id!r} must be 'dev-' + 4-32 lowercase letters/digits")
         if not 0.0 <= canary_share <= 1.0:
@@ -110,7 +101,8 @@ class Device(DeviceSync, DevicePatch):
         self._predictor_version: str | None = None
         self._patch = None  # the patch served with _predictor (edge.patch.Patch or None)
         self.personal = Personalizer(self.home, personal)
-        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._recent: OrderedDict[str, tuple[str, dict]] = OrderedDict()  # id -> (redacted text, route)
+        self._init_routing(cloud_url, cloud_timeout_s, cloud_token)
 
     # ---- state -----------------------------------------------------------------------------
     @property
@@ -134,15 +126,17 @@ class Device(DeviceSync, DevicePatch):
         return self._pointer("previous")
 
     def status(self) -> dict[str, Any]:
-        """Id, channel, installed versions, TUF enrolment, the last refused sync (or None) and
-        personalization (:meth:`patch_status`)."""
+        """Id, channel, installed versions, TUF enrolment, the last refused sync (or None),
+        personalization (:meth:`patch_status`), the cloud endpoint and the running policy."""
         return {"device_id": self.device_id, "channel": self.channel(),
                 "model_version": self.current_version(), "previous_version": self.previous_version(),
                 "tuf": self.tuf_status(), "last_refusal": self.last_refusal(),
-                "personalization": self.patch_status()}
+                "personalization": self.patch_status(), **self.routing_status()}
 
     def _load(self, folder: Path) -> OnnxPredictor:
-        """Open the bundle and answer one smoke query, so a model that cannot run is refused."""
+        """Open the bundle and answer one smoke query, so a model that cannot run is refused (and
+        read its collab policy, so a malformed one is refused too)."""
+        self._policy_of(folder)
         predictor = OnnxPredictor(folder, threads=self.threads)
         probs = predictor.predict_proba(["hello"])
         if probs.shape != (1, len(predictor.labels)):
@@ -220,23 +214,8 @@ class Device(DeviceSync, DevicePatch):
         """Labels of the running model."""
         return list(self._active()[0].labels)
 
-    def predict(self, text: str) -> Prediction:
-        """Redact ``text``, then classify it with the running model and the device's patch."""
-        _check_text(text)
-        redacted, _ = redact(text)
-        predictor, version, patch = self._active(with_patch=True)
-        answer = self.personal.predict(predictor, [redacted], patch=patch)[0]
-        mid = message_id(redacted)
-        with self._lock:
-            self._recent[mid] = redacted
-            self._recent.move_to_end(mid)
-            while len(self._recent) > _RECENT:
-                self._recent.popitem(last=False)
-        return Prediction(answer["label"], round(answer["confidence"], 6), version, mid,
-                          answer["patched"], answer["base_label"])
-
-    def feedback(self, message: str, predicted: str, accepted: bool,
-                 corrected_label: str | None = None, *, model_version: str | None = None) -> dict[str, Any]:
+    def feedback(self, message: str, predicted: str, accepted: bool, corrected_label: str | None = None, *,
+                 model_version: str | None = None, route: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record whether the user accepted ``predicted`` for ``message`` and return the event.
 
         ``message`` is the message text (redacted here before it is stored) or the
@@ -244,20 +223,24 @@ class Device(DeviceSync, DevicePatch):
         the event carries the id and no text. ``model_version`` defaults to the running model.
         A labelled message is also kept on the device as a personal example (edge/personal.py);
         every ``refit_every`` new ones refit the patch, and the event then carries ``personalization``
-        (the decision; that key is not part of the stored event).
+        (the decision; that key is not part of the stored event). The event records how the
+        prediction was answered (``route``, ``deferred``, ``latency_ms``, ``cloud_ms``): as given in
+        ``route``, else as this device remembers it, else null.
         """
         if not isinstance(message, str) or not message.strip():
             raise ValueError("feedback field 'message' must be a non-empty string (text or message_id)")
         if looks_like_message_id(message):
-            mid, text = message, self._recent.get(message)
+            mid, (text, recalled) = message, self._recalled(message)
         else:
-            _check_text(message)
+            check_text(message)
             text, _ = redact(message)
             mid = message_id(text)
+            recalled = self._recalled(mid)[1]
         version = model_version or self.current_version()
         self._check_labels(version, predicted=predicted, corrected_label=corrected_label)
         event = make_event(device_id=self.device_id, model_version=version, message_id=mid, text=text,
-                           predicted=predicted, accepted=accepted, corrected_label=corrected_label)
+                           predicted=predicted, accepted=accepted, corrected_label=corrected_label,
+                           route={**(recalled or {}), **{k: v for k, v in (route or {}).items() if v is not None}})
         append_event(self.home, event)
         decision = self._learn(event)
         return event if decision is None else {**event, "personalization": decision}
@@ -271,11 +254,4 @@ class Device(DeviceSync, DevicePatch):
             if value is not None and value not in labels:
                 raise ValueError(f"feedback field '{field}' is {value!r}, not a label of model "
                                  f"{version} ({', '.join(labels)})")
-
-
-def _check_text(text: Any) -> None:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("field 'text' must be a non-empty string")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ValueError(f"field 'text' is {len(text)} characters, above the limit of {MAX_TEXT_CHARS}")
 

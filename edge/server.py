@@ -1,9 +1,12 @@
 """A small JSON API over one :class:`edge.device.Device`, stdlib ``http.server`` only, with limits.
 
 ``POST /predict {"text"}`` → ``{"label", "confidence", "model_version", "message_id", "patched",
-"base_label"}`` (``base_label``: the base model's answer without the device's patch);
-``POST /feedback {"text" | "message_id", "predicted", "accepted", "corrected_label"?}`` → the
-event id; ``GET /health`` → device status with ``personalization`` (503 until a model is
+"base_label", "route", "deferred", "latency_ms", "cloud_ms", "teacher_version", "local_label",
+"local_confidence", "flag"}`` (edge/route.py ``Prediction``: ``label`` is the answer given, null when
+``route`` is ``rejected``; ``base_label`` the base model's answer without the device's patch);
+``POST /predict {"texts": [...]}`` (at most 64) → ``{"predictions": [...]}`` in one model call;
+``POST /feedback {"text" | "message_id", "predicted", "accepted", "corrected_label"?, "route"?,
+"latency_ms"?, "cloud_ms"?}`` → the event id (route fields default to what the device remembers); ``GET /health`` → device status with ``personalization`` (503 until a model is
 installed); ``GET /patch`` → the device's patch (active, base version, size, gate, what it changed,
 upload policy); ``POST /patch/reset`` drops it. Bad input answers 400 with ``{"error", "field"}``.
 Binds to loopback unless told otherwise.
@@ -29,7 +32,7 @@ from edge.http_limits import Limits, LimitedHandler, LimitedServer
 
 log = logging.getLogger(__name__)
 
-_FIELD = re.compile(r"field '(\w+)'")
+_FIELD = re.compile(r"field '([\w\[\]]+)'")  # "texts[3]" names the item
 
 
 class BadRequest(ValueError):
@@ -143,18 +146,23 @@ class _Handler(LimitedHandler):
         return HTTPStatus.OK, self.device.reset_patch()
 
     def _predict(self) -> tuple[int, dict[str, Any]]:
-        text = _field(self._body(), "text", str)
-        return HTTPStatus.OK, self.device.predict(text).to_dict()
+        body = self._body()
+        if "texts" in body:
+            texts = _field(body, "texts", list)
+            return HTTPStatus.OK, {"predictions": [p.to_dict() for p in self.device.predict_many(texts)]}
+        return HTTPStatus.OK, self.device.predict(_field(body, "text", str)).to_dict()
 
     def _feedback(self) -> tuple[int, dict[str, Any]]:
         body = self._body()
         message = _field(body, "message_id", str, required=False) or _field(body, "text", str, required=False)
         if message is None:
             raise BadRequest("field 'text' or 'message_id' is required", "text")
+        route = {"route": _field(body, "route", str, required=False),
+                 **{f: _field(body, f, (int, float), required=False) for f in ("latency_ms", "cloud_ms")}}
         event = self.device.feedback(
             message, _field(body, "predicted", str), _field(body, "accepted", bool),
             _field(body, "corrected_label", str, required=False),
-            model_version=_field(body, "model_version", str, required=False))
+            model_version=_field(body, "model_version", str, required=False), route=route)
         return HTTPStatus.CREATED, {"event_id": event["event_id"], "message_id": event["message_id"]}
 
 

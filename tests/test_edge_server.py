@@ -80,26 +80,43 @@ def test_predict_then_feedback(api):
     device.sync()
     status, prediction = call(f"{base}/predict", {"text": "where is my order, mail me at a@b.co"})
     assert status == 200 and set(prediction) == {"label", "confidence", "model_version", "message_id",
-                                                 "patched", "base_label"}
+                                                 "patched", "base_label", "route", "deferred", "latency_ms",
+                                                 "cloud_ms", "teacher_version", "local_label", "local_confidence",
+                                                 "flag"}
     assert prediction["model_version"] == "v1" and prediction["label"] in device.labels()
     assert prediction["patched"] is False and prediction["base_label"] == prediction["label"]  # no patch yet
+    # A bundle without a collab policy: the device answers everything itself, as before.
+    assert (prediction["route"], prediction["deferred"], prediction["flag"]) == ("device", False, None)
+    assert prediction["latency_ms"] > 0 and prediction["local_label"] == prediction["label"]
     status, body = call(f"{base}/feedback", {"message_id": prediction["message_id"],
                                              "predicted": prediction["label"], "accepted": True})
     assert status == 201 and body["message_id"] == prediction["message_id"]
     line = next((device.home / "feedback").glob("*.jsonl")).read_text()
-    assert "a@b.co" not in line and json.loads(line)["event_id"] == body["event_id"]
+    event = json.loads(line)
+    assert "a@b.co" not in line and event["event_id"] == body["event_id"]
+    assert (event["route"], event["latency_ms"]) == ("device", prediction["latency_ms"])  # remembered
+    status, batch = call(f"{base}/predict", {"texts": ["refund please", "cancel it"]})
+    assert status == 200 and [p["route"] for p in batch["predictions"]] == ["device", "device"]
+    assert [p["label"] for p in batch["predictions"]] == [device.predict(t).label for t in ("refund please", "cancel it")]
 
 
 @pytest.mark.parametrize("path, body, raw, field", [
     ("/predict", {}, None, "text"),
     ("/predict", {"text": 5}, None, "text"),
     ("/predict", {"text": "   "}, None, "text"),
+    ("/predict", {"texts": "where is my order"}, None, "texts"),
+    ("/predict", {"texts": []}, None, "texts"),
+    ("/predict", {"texts": ["ok", 5]}, None, "texts[1]"),
     ("/predict", None, b"{not json", None),
     ("/predict", None, b"[1, 2]", None),
     ("/feedback", {"predicted": "get_refund", "accepted": True}, None, "text"),
     ("/feedback", {"text": "refund", "accepted": True}, None, "predicted"),
     ("/feedback", {"text": "refund", "predicted": "get_refund", "accepted": "yes"}, None, "accepted"),
     ("/feedback", {"text": "refund", "predicted": "nope", "accepted": True}, None, "predicted"),
+    ("/feedback", {"text": "refund", "predicted": "get_refund", "accepted": True, "route": "moon"}, None, "route"),
+    ("/feedback", {"text": "refund", "predicted": "get_refund", "accepted": True, "latency_ms": -1}, None,
+     "latency_ms"),
+    ("/feedback", {"text": "refund", "predicted": "get_refund", "accepted": True, "cloud_ms": "9"}, None, "cloud_ms"),
 ])
 def test_bad_input_answers_400_naming_the_field(api, path, body, raw, field):
     base, device = api
@@ -176,7 +193,9 @@ def test_cli_serve_process_answers_and_stops(edge_model_dirs, signing_keys, tmp_
         personalization = health[1].pop("personalization")
         assert health == (200, {"status": "ok", "device_id": "dev-0200", "channel": "stable",
                                 "model_version": "v1", "previous_version": None,
-                                "tuf": {"enrolled": False}, "last_refusal": None})
+                                "tuf": {"enrolled": False}, "last_refusal": None,
+                                "cloud": {"url": "http://127.0.0.1:8090/v1/classify", "timeout_s": 2.0},
+                                "collab": None})  # the CLI's default cloud; a bundle without a policy
         assert personalization["active"] is False and personalization["upload_policy"] == "none"
         assert "examples, fewer than min_examples" in personalization["reason"]
         assert call(f"http://127.0.0.1:{port}/predict", {"text": "refund please"})[0] == 200
