@@ -1,4 +1,5 @@
-"""Device feedback into the lake: feedback@1, corrections as gold, texts screened like any arrival."""
+"""Device feedback into the lake: feedback@1, corrections as gold, texts screened like any arrival;
+messages the devices deferred arrive with ``source="deferred"`` (the teacher labels them first)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from data_contracts.lake import Lake
 from edgeloop.config import ContractsConfig
 
 log = logging.getLogger(__name__)
+#: The lake ``source`` of messages devices deferred (models/relabel.py labels them first).
+DEFERRED_SOURCE = "deferred"
 
 
 @dataclass
@@ -29,6 +32,10 @@ class FeedbackReport:
     events_added: int = 0
     corrections_added: int = 0
     messages_added: int = 0
+    deferred_in: int = 0          # deferral records read (each a message a device was unsure of)
+    deferred_added: int = 0       # of their messages, new to the lake (source "deferred")
+    deferred_by_cloud: int = 0    # records the cloud answered
+    deferred_flagged: int = 0     # records the device answered itself: cloud down, or no cloud
     contracts: list[dict] = field(default_factory=list)
     moved_to: str | None = None
 
@@ -62,8 +69,12 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
     event itself measures the canary. Idempotent: events already in ``lake/feedback`` (by
     ``event_id``) are skipped, the events are written last (after messages and corrections) and
     files move only after every write succeeded, so a crash at any point is repaired by a rerun.
+
+    Deferral records go first: their redacted texts become messages with ``source="deferred"``
+    through the same contracts, once per message id (a message already in the lake stays as it
+    is). The cloud's answer is not gold: the teacher labels these messages, first (models/relabel.py).
     """
-    from data_contracts.feedback_inbox import collect_feedback
+    from data_contracts.feedback_inbox import collect
     from edge.feedback import FIELDS
 
     now = now or datetime.now(timezone.utc)
@@ -72,7 +83,10 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
     report = FeedbackReport(files=len(files))
     if not files:
         return report
-    events = pd.DataFrame(collect_feedback(inbox), columns=list(FIELDS))
+    records, deferrals = collect(inbox)
+    if deferrals:
+        _deferred_messages(lake, deferrals, labels, now, report, contracts)
+    events = pd.DataFrame(records, columns=list(FIELDS))
     # Devices write ISO strings; the contract checks real timestamps (unparseable → NaT → quarantined).
     events["at"] = pd.to_datetime(events["at"], utc=True, format="ISO8601", errors="coerce")
     fresh = events[~events["event_id"].isin(set(lake.feedback()["event_id"]))].reset_index(drop=True)
@@ -85,8 +99,9 @@ def ingest_feedback(lake: Lake, inbox: Path, processed: Path, labels: list[str],
         _store_feedback(lake, accepted, labels, now, report, contracts)
     report.moved_to = str(_move_processed(files, inbox, processed / f"{now:%Y-%m-%d}"))
     log.info("feedback: %d file(s), %d new event(s), %d accepted, %d quarantined, %d correction(s), "
-             "%d message(s) added", report.files, report.events_in, report.events_accepted,
-             report.events_quarantined, report.corrections_added, report.messages_added)
+             "%d message(s) added; %d deferred message(s), %d new", report.files, report.events_in,
+             report.events_accepted, report.events_quarantined, report.corrections_added, report.messages_added,
+             report.deferred_in, report.deferred_added)
     return report
 
 
@@ -115,6 +130,19 @@ def _feedback_messages(lake: Lake, rows: pd.DataFrame, labels: list[str], now: d
     added, results, _ = screen_and_store(lake, rows, "feedback", labels, now, contracts)
     report.contracts += [{**r.summary(), "source": "feedback"} for r in results]
     return added
+
+
+def _deferred_messages(lake: Lake, deferrals: list[dict], labels: list[str], now: datetime,
+                       report: FeedbackReport, contracts: ContractsConfig | None) -> None:
+    """Deferred texts into the lake as unlabeled messages, ``source="deferred"``."""
+    df = pd.DataFrame(deferrals)
+    report.deferred_in = len(df)
+    report.deferred_by_cloud = int((df["route"] == "cloud").sum())
+    report.deferred_flagged = int(df["flag"].notna().sum())
+    rows = df.drop_duplicates("message_id")[["message_id", "text"]].assign(gold_label=None).reset_index(drop=True)
+    added, results, _ = screen_and_store(lake, rows, DEFERRED_SOURCE, labels, now, contracts)
+    report.deferred_added = added
+    report.contracts += [{**r.summary(), "source": DEFERRED_SOURCE} for r in results]
 
 
 def _move_processed(files: list[Path], inbox: Path, dest: Path) -> Path:

@@ -1,7 +1,8 @@
 """Relabel: the teacher labels the lake's new messages; the night checks and gathers those labels.
 
 Labels are cached in the lake per (message, teacher version), so a night labels only what that
-teacher version has not seen; the night reads only the ids and texts it labels.
+teacher version has not seen; the night reads only the ids and texts it labels. Messages devices
+deferred (``source="deferred"``: the device was unsure of them) are labelled first.
 """
 
 from __future__ import annotations
@@ -12,14 +13,26 @@ import numpy as np
 import pandas as pd
 
 from data_contracts.datasets import Split
+from data_contracts.feedback_ingest import DEFERRED_SOURCE
 from data_contracts.lake import Lake
 from edgeloop.config import ContractsConfig, TeacherConfig
 from models.teacher_store import TeacherRef, relabel_teacher
 
 
-def pending_shards(lake: Lake, ref: TeacherRef, n_shards: int) -> list[list[str]]:
-    """Ids of messages this teacher version has not labeled, split into ``n_shards`` lists."""
+def pending_ids(lake: Lake, ref: TeacherRef) -> list[str]:
+    """Ids of messages this teacher version has not labeled: deferred ones first, then lake order."""
     ids = lake.unlabeled_ids(ref.cache_key)
+    if not ids:
+        return ids
+    src = lake.messages(ids=ids, columns=["message_id", "source"])
+    deferred = set(src.loc[src["source"] == DEFERRED_SOURCE, "message_id"])
+    return [i for i in ids if i in deferred] + [i for i in ids if i not in deferred]
+
+
+def pending_shards(lake: Lake, ref: TeacherRef, n_shards: int) -> list[list[str]]:
+    """:func:`pending_ids` dealt round-robin into ``n_shards`` lists: every shard starts with its
+    share of the deferred messages."""
+    ids = pending_ids(lake, ref)
     return [s for s in (ids[i::n_shards] for i in range(n_shards)) if s]
 
 
