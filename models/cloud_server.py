@@ -2,11 +2,14 @@
 
 ``python -m models.cloud_server --model-dir FOLDER`` serves an ONNX edge folder (the teacher's
 fp32 export the night makes for relabelling: ``<home>/cache/teacher/<v>/onnx-fp32-48``);
-``python -m models.cloud_server`` with no folder resolves ``teacher@production`` from the
-configured registry and serves what the night relabels with (the ONNX export, or the torch model
-with ``teacher.relabel_runtime=torch``, or — with ``teacher.kind=endpoint`` — an LLM behind the
+``python -m models.cloud_server`` with no folder serves ``teacher@production`` of the configured
+registry, what the night relabels with (the ONNX export, or the torch model with
+``teacher.relabel_runtime=torch``, or — with ``teacher.kind=endpoint`` — an LLM behind the
 OpenAI-compatible :class:`models.teacher.EndpointTeacher`, so the device's cloud can be an LLM
-with the same wire format). Wire format: :mod:`edge.cloud` (the device owns it).
+with the same wire format), on the host and port of ``collab.cloud_url`` unless told otherwise.
+It loads in the background and follows the alias (:mod:`models.cloud_teacher`): until a teacher
+is registered ``/health`` says ``no_teacher`` and classify answers 503, so devices answer
+themselves (flagged). Wire format: :mod:`edge.cloud` (the device owns it).
 
 Serving limits (:class:`ServeLimits`):
 - micro-batching: messages of concurrent requests are run in one model call of about
@@ -39,6 +42,7 @@ from fastapi.responses import JSONResponse
 from edge.cloud import (CLASSIFY_PATH, HEALTH_PATH, MAX_BODY_BYTES, WireError, make_response,
                         parse_request)
 from edge.collab import calibrated_probs
+from models.cloud_teacher import Served, TeacherSlot, cloud_address, configured_url, registry_loader
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "EDGELOOP_CLOUD_TOKEN"
@@ -89,10 +93,11 @@ class Stats:
 
 
 class MicroBatcher:
-    """Gathers the messages of concurrent requests into one ``predict_proba`` call on one thread."""
+    """Gathers the messages of concurrent requests into one ``predict_proba`` call on one thread
+    (of the model the slot serves when the batch runs)."""
 
-    def __init__(self, predict_proba: Callable[[list[str]], np.ndarray], limits: ServeLimits, stats: Stats):
-        self.predict_proba, self.limits, self.stats = predict_proba, limits, stats
+    def __init__(self, slot: TeacherSlot, limits: ServeLimits, stats: Stats):
+        self.slot, self.limits, self.stats = slot, limits, stats
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cloud-model")
         self._task: asyncio.Task | None = None
@@ -106,8 +111,8 @@ class MicroBatcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """(probabilities of ``texts``, size of the batch they ran in)."""
+    async def submit(self, texts: list[str]) -> tuple[np.ndarray, int, Served]:
+        """(probabilities of ``texts``, size of the batch they ran in, the model that answered)."""
         fut = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(texts, fut))
         return await fut
@@ -133,8 +138,9 @@ class MicroBatcher:
             if not items:
                 continue
             texts = [t for i in items for t in i.texts]
+            served = self.slot.current  # requests are admitted only once a model is served
             try:
-                probs = await loop.run_in_executor(self._pool, self.predict_proba, texts)
+                probs = await loop.run_in_executor(self._pool, served.predict_proba, texts)
             except Exception as exc:  # the model failed: every waiting request learns why
                 log.exception("cloud model failed on a batch of %d", len(texts))
                 self.stats.errors += 1
@@ -148,7 +154,7 @@ class MicroBatcher:
             start = 0
             for i in items:
                 if not i.future.done():
-                    i.future.set_result((probs[start:start + len(i.texts)], len(texts)))
+                    i.future.set_result((probs[start:start + len(i.texts)], len(texts), served))
                 start += len(i.texts)
 
 
@@ -172,21 +178,31 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 def create_app(predict_proba: Callable[[list[str]], np.ndarray], labels: list[str], teacher_version: str,
                limits: ServeLimits = ServeLimits(), token: str | None = None) -> FastAPI:
     """The FastAPI app over a teacher's ``predict_proba`` (columns in ``labels`` order)."""
+    return create_slot_app(TeacherSlot(Served(predict_proba, list(labels), teacher_version)), limits, token)
+
+
+def create_slot_app(slot: TeacherSlot, limits: ServeLimits = ServeLimits(), token: str | None = None) -> FastAPI:
+    """The FastAPI app over whatever ``slot`` serves (started and stopped with the app)."""
     stats = Stats()
     state: dict = {"in_flight": 0}
 
     @asynccontextmanager
     async def lifespan(app):
-        state["batcher"] = MicroBatcher(predict_proba, limits, stats)
+        slot.start()
+        state["batcher"] = MicroBatcher(slot, limits, stats)
         state["batcher"].start()
         yield
         await state["batcher"].stop()
+        slot.stop()
 
     app = FastAPI(title="edgeloop cloud teacher", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.get(HEALTH_PATH)
-    async def health():
-        return {"status": "ok", "teacher_version": teacher_version, "labels": len(labels)}
+    async def health():  # 200 while the process runs; "status" says whether it can answer
+        served = slot.current
+        if served is None:  # loading, no_teacher or error
+            return {"status": slot.state, "teacher_version": None, "labels": 0, "reason": slot.reason}
+        return {"status": "ok", "teacher_version": served.version, "labels": len(served.labels)}
 
     @app.get("/v1/stats")
     async def get_stats():
@@ -196,6 +212,8 @@ def create_app(predict_proba: Callable[[list[str]], np.ndarray], labels: list[st
     async def classify(request: Request):
         if token and request.headers.get("authorization") != f"Bearer {token}":
             return _error(401, "missing or wrong bearer token")
+        if slot.current is None:
+            return _error(503, f"{slot.state}: {slot.reason}", headers={"Retry-After": "30"})
         if state["in_flight"] >= limits.max_in_flight:
             stats.busy_503 += 1
             return _error(503, f"saturated: {limits.max_in_flight} requests in flight", headers={"Retry-After": "1"})
@@ -219,38 +237,29 @@ def create_app(predict_proba: Callable[[list[str]], np.ndarray], labels: list[st
         stats.requests += 1
         stats.messages += len(req.texts)
         try:
-            probs, batch = await asyncio.wait_for(state["batcher"].submit(req.texts), limits.timeout_s)
+            probs, batch, served = await asyncio.wait_for(state["batcher"].submit(req.texts), limits.timeout_s)
         except asyncio.TimeoutError:
             stats.timeouts_504 += 1
             return _error(504, f"no answer within {limits.timeout_s} s")
         p = calibrated_probs(np.log(np.clip(probs, 1e-12, None)), limits.temperature)
         idx, conf = p.argmax(axis=1), p.max(axis=1)
         oos = [limits.oos_threshold is not None and c < limits.oos_threshold for c in conf]
-        return JSONResponse(make_response(req, [labels[i] for i in idx], conf.tolist(), oos, teacher_version,
+        return JSONResponse(make_response(req, [served.labels[i] for i in idx], conf.tolist(), oos, served.version,
                                           batch, (time.perf_counter() - started) * 1e3))
 
     return app
 
 
-def _registered_teacher(config: str | None):
-    """(predict_proba, labels, version) of ``teacher@production`` from the configured registry."""
-    from edgeloop.config import load_settings
-    from models.teacher_store import relabel_teacher, resolve_teacher
-
-    settings = load_settings(config)
-    ref = resolve_teacher(settings.tracking_uri(), settings.teacher, settings.home_path() / "cache")
-    teacher = relabel_teacher(settings.teacher, ref)
-    return teacher.predict_proba, list(teacher.labels), ref.version
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command line: serve a teacher until interrupted."""
     ap = argparse.ArgumentParser(prog="python -m models.cloud_server", description=__doc__.split("\n")[0])
-    ap.add_argument("--model-dir", help="ONNX edge folder to serve; default: teacher@production")
-    ap.add_argument("--config", help="edgeloop config (registry, teacher settings)")
+    ap.add_argument("--model-dir", help="ONNX edge folder to serve; default: teacher@production, followed")
+    ap.add_argument("--config", help="edgeloop config (registry, teacher settings, collab.cloud_url)")
     ap.add_argument("--teacher-version", default="", help="version to report with --model-dir")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8090)
+    ap.add_argument("--host", help="bind address; default: collab.cloud_url's host")
+    ap.add_argument("--port", type=int, help="default: collab.cloud_url's port")
+    ap.add_argument("--print-url", action="store_true", help="print collab.cloud_url and exit")
+    ap.add_argument("--reload-s", type=float, default=60.0, help="check teacher@production this often")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for --model-dir")
     for f in ("max_batch", "max_in_flight"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(ServeLimits, f))
@@ -258,21 +267,27 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(ServeLimits, f))
     ap.add_argument("--oos-threshold", type=float, default=None)
     args = ap.parse_args(argv)
+    if args.print_url:
+        print(configured_url(args.config))
+        return
+    host, port = args.host, args.port
+    if host is None or port is None:  # the config is read only when needed
+        host, port = (a or b for a, b in zip((host, port), cloud_address(configured_url(args.config))))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model_dir:
         from edge.predictor import OnnxPredictor
 
         predictor = OnnxPredictor(args.model_dir, threads=args.threads)
-        predict, labels, version = predictor.predict_proba, predictor.labels, args.teacher_version
+        slot = TeacherSlot(Served(predictor.predict_proba, predictor.labels, args.teacher_version))
     else:
-        predict, labels, version = _registered_teacher(args.config)
+        slot = TeacherSlot(load=registry_loader(args.config), reload_s=args.reload_s)
     limits = ServeLimits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_in_flight=args.max_in_flight,
                          timeout_s=args.timeout_s, temperature=args.temperature, oos_threshold=args.oos_threshold)
-    app = create_app(predict, labels, version, limits, token=os.environ.get(TOKEN_ENV) or None)
+    app = create_slot_app(slot, limits, token=os.environ.get(TOKEN_ENV) or None)
     import uvicorn
 
     # uvicorn's own cap is a backstop above ours (ours answers 503 with a JSON reason first).
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, access_log=False, log_level="info",
+    uvicorn.run(app, host=host, port=port, workers=1, access_log=False, log_level="info",
                 limit_concurrency=2 * args.max_in_flight + 8, timeout_keep_alive=5, timeout_graceful_shutdown=5)
 
 

@@ -186,3 +186,44 @@ def test_device_answer_per_route(batching_server, start_server):
     strict = CloudClient(start_server("--oos-threshold", "0.99"), timeout_s=10)
     e = answer("i want a refund", unsure, labels, policy, strict)
     assert (e.route, e.label, e.deferred) == ("rejected", None, True) and e.cloud_ms > 0
+
+
+def test_cloud_follows_the_registered_teacher_and_keeps_it_when_the_registry_fails(edge_model_dirs):  # noqa: F811
+    """models/cloud_teacher.py: no teacher → 503 with the reason; one registered → served; a new
+    version → swapped without a restart; a failing registry → the served one stays."""
+    from fastapi.testclient import TestClient
+
+    from models.cloud_server import create_slot_app
+    from models.cloud_teacher import Served, TeacherSlot
+
+    models = {v: OnnxPredictor(edge_model_dirs[v]) for v in ("v1", "v2")}
+    registered: dict = {"now": None}
+
+    def load(current):  # what registry_loader does, over a dict instead of MLflow's alias
+        v = registered["now"]
+        if v is None:
+            raise LookupError("no registered model 'teacher@production'")
+        if v == "broken":
+            raise RuntimeError("registry unreachable")
+        return current if current and current.version == v else Served(models[v].predict_proba, models[v].labels, v)
+
+    slot = TeacherSlot(load=load, reload_s=3600)
+    body = make_request(["i want a refund"])
+    with TestClient(create_slot_app(slot)) as client:
+        deadline = time.monotonic() + 10
+        while slot.state == "loading" and time.monotonic() < deadline:  # the background thread's first look
+            time.sleep(0.02)
+        health = client.get("/health").json()
+        assert (health["status"], health["teacher_version"]) == ("no_teacher", None) and "teacher@production" in health["reason"]
+        refused = client.post("/v1/classify", json=body)
+        assert refused.status_code == 503 and refused.json()["error"].startswith("no_teacher")
+        for version in ("v1", "v2", "broken"):
+            registered["now"] = version
+            slot.refresh()
+            served = "v2" if version == "broken" else version
+            assert client.get("/health").json()["teacher_version"] == served
+            reply = client.post("/v1/classify", json=body).json()
+            label, conf = models[served].predict(["i want a refund"])[0]
+            assert (reply["teacher_version"], reply["results"][0]["label"]) == (served, label)
+            assert reply["results"][0]["confidence"] == pytest.approx(conf, abs=1e-5)
+        assert slot.state == "ok"
