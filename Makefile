@@ -49,7 +49,8 @@ device-check: setup
 clean:
 	rm -rf var .pytest_cache
 
-# ---- operations (scripts/, docs/operations.md): local Prefect + MLflow servers, worker, deployments
+# ---- operations (scripts/, docs/operations.md): local Prefect + MLflow servers, worker, deployments,
+# and the cloud teacher devices defer to (models/cloud_server.py on collab.cloud_url's port, default 8090)
 # `make up DB=postgres`: MLflow on a local PostgreSQL under $EDGELOOP_HOME/postgres (DB=sqlite: back
 # to $EDGELOOP_HOME/mlflow.db; no DB: whatever the last `make up` used).
 .PHONY: up down status

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Stop exactly what scripts/up.sh started: the process groups whose leaders' PIDs are in
-# $EDGELOOP_HOME/run/*.pid (worker first, so no flow run starts while the servers go away), and the
+# $EDGELOOP_HOME/run/*.pid (worker first, so no flow run starts while the servers go away; then the
+# cloud teacher), and the
 # local PostgreSQL of `make up DB=postgres` after MLflow (pg_ctl stop -m fast).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 source "$REPO/scripts/pg.sh"
-rm -f "$RUN/prefect-server.url" "$RUN/mlflow.url"  # from now on `edgeloop` runs on its own
+rm -f "$RUN/prefect-server.url" "$RUN/mlflow.url" "$RUN/cloud.url"  # from now on `edgeloop` runs on its own
 
 stop() {  # stop NAME: INT then TERM the process group (what Ctrl-C would do), KILL after ${STOP_TIMEOUT:-15}s
   local f="$RUN/$1.pid" pid t0=$SECONDS
@@ -27,6 +28,7 @@ stop() {  # stop NAME: INT then TERM the process group (what Ctrl-C would do), K
   rm -f "$f"
 }
 stop worker
+stop cloud
 stop mlflow
 pg_stop
 stop prefect-server

@@ -4,7 +4,10 @@
 #   work pool edgeloop-local + one process worker, the edgeloop-night concurrency limit, and the
 #   deployments of prefect.yaml, and the alerts: Prefect automations that POST to a webhook when a
 #   night fails or its gate fails (tasks/alerts.py); the webhook is $EDGELOOP_ALERT_WEBHOOK_URL, or
-#   else a local receiver ($ALERTS_PORT, default 4290) that appends to $EDGELOOP_HOME/alerts/alerts.jsonl.
+#   else a local receiver ($ALERTS_PORT, default 4290) that appends to $EDGELOOP_HOME/alerts/alerts.jsonl,
+#   and the cloud endpoint devices defer to (models/cloud_server.py: teacher@production of this home,
+#   followed as it changes; "no teacher" until one is registered) on collab.cloud_url's port
+#   (default 8090; EDGELOOP__COLLAB__CLOUD_URL moves it; a non-loopback URL is not started here).
 #   PIDs and logs under $EDGELOOP_HOME/run/. Stop with scripts/down.sh.
 # MLflow's backend store: EDGELOOP_DB=sqlite ($EDGELOOP_HOME/mlflow.db) or postgres (a local
 #   PostgreSQL on 127.0.0.1:$PG_PORT, data in $EDGELOOP_HOME/postgres; scripts/pg.sh); unset = the one
@@ -42,7 +45,11 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 LOCAL_ALERTS=$([[ -z "${EDGELOOP_ALERT_WEBHOOK_URL:-}" ]] && echo 1 || true)
 PARTS=("prefect-server:$PREFECT_PORT:PREFECT_PORT")
 if [[ -z "$ONLY" ]]; then
-  PARTS+=("mlflow:$MLFLOW_PORT:MLFLOW_PORT" ${LOCAL_ALERTS:+"alerts:$ALERTS_PORT:ALERTS_PORT"})
+  CLOUD_URL="$("$BIN/python" -m models.cloud_server --print-url)" || { echo "up: cannot read collab.cloud_url" >&2; exit 2; }
+  CLOUD_URL="${CLOUD_URL%/}"
+  [[ "$CLOUD_URL" =~ ^http://(127\.0\.0\.1|localhost)(:([0-9]+))?$ ]] && CLOUD_PORT="${BASH_REMATCH[3]:-80}" || CLOUD_PORT=""
+  PARTS+=("mlflow:$MLFLOW_PORT:MLFLOW_PORT" ${LOCAL_ALERTS:+"alerts:$ALERTS_PORT:ALERTS_PORT"}
+          ${CLOUD_PORT:+"cloud:$CLOUD_PORT:EDGELOOP__COLLAB__CLOUD_URL"})
   if [[ "$DB" == postgres ]]; then PARTS+=("postgres:$PG_PORT:PG_PORT"); fi
 fi
 for part in "${PARTS[@]}"; do
@@ -79,6 +86,24 @@ wait_http "$MLFLOW_URL/health" "${MLFLOW_START_TIMEOUT:-120}" mlflow "$RUN/mlflo
 echo "$MLFLOW_URL" >"$RUN/mlflow.url"  # ... and tracks to this one
 echo "up: mlflow backend store: $DB ($(cat "$RUN/mlflow.backend" 2>/dev/null)), artifacts: $ARTIFACTS"
 
+# The cloud teacher: started once MLflow answers (it reads teacher@production there, in the background).
+if [[ -n "$CLOUD_PORT" ]]; then
+  MLFLOW_TRACKING_URI="$MLFLOW_URL" EDGELOOP__MLFLOW__TRACKING_URI="$MLFLOW_URL" \
+    start cloud "$BIN/python" -m models.cloud_server --host 127.0.0.1 --port "$CLOUD_PORT"
+  wait_http "$CLOUD_URL/health" "${CLOUD_START_TIMEOUT:-60}" cloud "$RUN/cloud.log"
+  echo "$CLOUD_URL" >"$RUN/cloud.url"
+  for _ in $(seq 60); do  # a registered teacher loads in the background: say what it serves once it knows
+    HEALTH="$(curl -fsS --max-time 3 "$CLOUD_URL/health" || true)"; [[ "$HEALTH" == *'"status":"loading"'* ]] || break; sleep 0.5
+  done
+  echo "up: cloud teacher at $CLOUD_URL: $("$BIN/python" -c 'import json, sys; h = json.loads(sys.argv[1] or "{}")
+s = h.get("status", "no answer")
+print("serving teacher v%s" % h["teacher_version"] if s == "ok" else "still loading teacher@production (a first start "
+      "exports it to ONNX); it answers 503 meanwhile" if s == "loading" else "%s (%s): it answers 503 and devices "
+      "answer alone (flagged) until a teacher is registered; it checks every minute" % (s, h.get("reason")))' "$HEALTH")"
+else
+  echo "up: collab.cloud_url is $CLOUD_URL, not on this machine: no cloud teacher started here"
+fi
+
 export PREFECT_API_URL="$PREFECT_URL"
 "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 \
   || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
@@ -103,5 +128,5 @@ echo "up: deployments applied in $((SECONDS - t1))s ($(grep -c "Deployment '" "$
 # Prefect server and track to the MLflow server (the night's settings read EDGELOOP__MLFLOW__*).
 MLFLOW_TRACKING_URI="$MLFLOW_URL" EDGELOOP__MLFLOW__TRACKING_URI="$MLFLOW_URL" \
   start worker "$BIN/prefect" worker start --pool "$POOL" --name "edgeloop-worker-$(hostname -s)" ${WORKER_ARGS:-}
-echo "up: ready in $((SECONDS - t0))s — Prefect UI http://127.0.0.1:$PREFECT_PORT  MLflow UI $MLFLOW_URL"
+echo "up: ready in $((SECONDS - t0))s — Prefect UI http://127.0.0.1:$PREFECT_PORT  MLflow UI $MLFLOW_URL${CLOUD_PORT:+  cloud $CLOUD_URL}"
 echo "    run a night now:  PREFECT_API_URL=$PREFECT_URL $BIN/prefect deployment run nightly/nightly-adhoc"

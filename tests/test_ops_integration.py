@@ -50,6 +50,7 @@ def _up(home: Path, **extra: str):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "PREFECT_", "MLFLOW_", "PG"))}
     env.update(EDGELOOP_HOME=str(home), PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()),
                ALERTS_PORT=str(_free_port()), PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="5",
+               EDGELOOP__COLLAB__CLOUD_URL=f"http://127.0.0.1:{_free_port()}",  # the cloud teacher, off 8090
                **extra)
     t0 = time.monotonic()
     up = subprocess.run(["scripts/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
