@@ -282,23 +282,25 @@ def answer_many(texts: list[str], logits: Any, labels: list[str], policy: Collab
     latency = round((time.perf_counter() - started) * 1e3, 3)
     out = []
     for i, d in enumerate(decisions):
-        local, conf = labels[d.index], round(d.confidence, 6)
-
-        def done(label, confidence, route, deferred=d.route == "cloud", **extra) -> Answer:
-            return Answer(label, round(confidence, 6), route, deferred, local, conf, latency, **extra)
-
-        if d.route == "rejected":
-            out.append(done(None, d.confidence, "rejected"))
-        elif d.route == "device":
-            out.append(done(local, d.confidence, "device"))
+        local = labels[d.index]
+        mine = (local, round(d.confidence, 6), d.route)  # the device's own answer and the policy's route
+        if d.route != "cloud":
+            out.append(_answer(mine, None if d.route == "rejected" else local, d.confidence, d.route, latency))
         elif cloud is None:
-            out.append(done(local, d.confidence, "device", deferred=False,
-                            flag=f"{LOW_CONFIDENCE}: no cloud endpoint configured"))
+            out.append(_answer(mine, local, d.confidence, "device", latency, deferred=False,
+                               flag=f"{LOW_CONFIDENCE}: no cloud endpoint configured"))
         elif i in failed:
-            out.append(done(local, d.confidence, "device", flag=failed[i]))
+            out.append(_answer(mine, local, d.confidence, "device", latency, flag=failed[i]))
         else:
             r, reply = results[i]
-            extra = dict(cloud_ms=round(reply.latency_ms, 3), teacher_version=reply.teacher_version)
-            out.append(done(None, r.confidence, "rejected", **extra) if r.out_of_scope
-                       else done(r.label, r.confidence, "cloud", **extra))
+            out.append(_answer(mine, None if r.out_of_scope else r.label, r.confidence,
+                               "rejected" if r.out_of_scope else "cloud", latency,
+                               cloud_ms=round(reply.latency_ms, 3), teacher_version=reply.teacher_version))
     return out
+
+
+def _answer(mine: tuple[str, float, str], label: str | None, confidence: float, route: str, latency: float,
+            deferred: bool | None = None, **extra) -> Answer:
+    local, local_conf, decided = mine
+    return Answer(label, round(float(confidence), 6), route, decided == "cloud" if deferred is None else deferred,
+                  local, local_conf, latency, **extra)
