@@ -4,11 +4,14 @@ The night fits one temperature on a calibration slice that is neither training d
 by minimising the negative log-likelihood of the gold labels under ``softmax(logits / T)``, and
 reports ECE (15 equal-width confidence bins) before and after. The temperature ships in the
 bundle's ``collab`` block; devices apply it with :func:`edge.collab.calibrated_probs`.
+The slice itself is :func:`in_calibration_slice`: a fixed share of message ids, by hash.
 numpy and scipy only.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +21,26 @@ from edge.collab import calibrated_probs, logsumexp
 
 #: Bounds of the search on log T (natural log): 0.05 … 20 covers over- and under-confident models.
 _LOG_T_BOUNDS = (np.log(0.05), np.log(20.0))
+#: Salt of the slice hash: the slice is independent of any other use of the message id's digits.
+_SLICE_SALT = b"edgeloop.calibration-slice/1:"
+
+
+def slice_position(message_ids: Iterable[str]) -> np.ndarray:
+    """Each message id's fixed place in [0, 1): the first 8 bytes of a salted sha256, as a fraction."""
+    return np.array([int.from_bytes(hashlib.sha256(_SLICE_SALT + str(m).encode("utf-8")).digest()[:8], "big")
+                     / 2.0 ** 64 for m in message_ids], dtype=np.float64)
+
+
+def in_calibration_slice(message_ids: Iterable[str], share: float) -> np.ndarray:
+    """Whether each message id belongs to the calibration slice: the first ``share`` of the ids
+    by :func:`slice_position`. A message's membership never changes from night to night, so a
+    slice message is never trained on, on any night. ``share`` 0 = an empty slice."""
+    if not 0 <= share < 1:
+        raise ValueError(f"collab.calibration_share must be in [0, 1), got {share!r}")
+    ids = list(message_ids)
+    if share == 0:
+        return np.zeros(len(ids), dtype=bool)
+    return slice_position(ids) < share
 
 
 def _check(logits, labels) -> tuple[np.ndarray, np.ndarray]:

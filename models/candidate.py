@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 from data_contracts.lake import Lake
-from edgeloop.config import StudentConfig
+from edgeloop.config import CollabConfig, StudentConfig
 from models.teacher_store import TeacherRef
 
 
 def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, label_names: list[str],
                     out_dir: Path, champion: tuple[str | None, Path | None] = (None, None), *,
                     threads: int = 0, on_epoch=None, full_retrain: bool = False, last_full: str | None = None,
-                    night: str | None = None) -> dict:
+                    night: str | None = None, collab: CollabConfig | None = None) -> dict:
     """Distill a student from the lake's outputs of the teacher ``ref``; write ``out_dir/{student,edge}``.
 
     ``teacher`` is the loaded teacher of ``ref``: it computes only the sentence vectors and
@@ -24,8 +24,14 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     (:mod:`models.replay`); ``full_retrain``, a new teacher, or ``cfg.full_retrain_every_days``
     after ``last_full`` (the ledger's last full-retrain night, ``night`` being tonight) train on
     every row. Returns the training summary (``training_kind``, row counts, ``seconds`` per step, ...).
+
+    With ``collab`` enabled the calibration slice (``collab.calibration_share``) is left out of the
+    rows, and the out-of-scope texts of ``collab.oos_train_key`` are added once per epoch with a
+    uniform target (outlier exposure, :func:`models.outliers.with_outliers`).
     """
-    from models.distill import distill, recipe
+    from models.collab_data import outlier_training_texts
+    from models.distill import distill, recipe, teacher_outputs
+    from models.outliers import with_outliers
     from models.quantize import write_edge_folder
     from models.replay import cutoffs, read_mark, select_rows, training_kind, write_mark
     from models.student import build_student, compatible, load_student, n_params, save_student
@@ -45,16 +51,23 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     warm = bool(cfg.warm_start and champ and compatible(champ / "student", label_names, cfg))
     mark = read_mark(champ / "student") if warm else None
     kind, why = training_kind(cfg, warm, mark, ref.cache_key, full_retrain, last_full, night)
-    rows = select_rows(lake, ref.cache_key, cfg, kind, mark, cfg.seed)
+    share = collab.calibration_share if collab is not None and collab.enabled else 0.0
+    rows = select_rows(lake, ref.cache_key, cfg, kind, mark, cfg.seed, exclude_share=share)
     if rows.empty:
         raise ValueError("the lake holds no teacher-labeled messages: nothing to train on")
+    outliers = outlier_training_texts(collab)
     lap("select_rows")
     if warm:
         model, tokenizer = load_student(champ / "student")
-    else:
-        model, tokenizer = build_student(ref.folder, rows["text"].tolist(), label_names, cfg)
+    else:  # the outliers' word pieces belong in a new vocabulary too
+        model, tokenizer = build_student(ref.folder, rows["text"].tolist() + outliers, label_names, cfg)
     epochs = cfg.warm_start_epochs if warm else cfg.epochs
     texts, probs, gold, hidden, computed = teacher_targets(lake, ref.cache_key, teacher, rows, label_names, cfg)
+    n_transfer = len(texts)
+    if outliers:  # the teacher's vectors for them: 100 texts, computed each night rather than stored
+        out_hidden = None if hidden is None else teacher_outputs(
+            teacher.model, teacher.tokenizer, outliers, getattr(teacher, "max_length", cfg.max_length))[1]
+        texts, probs, gold, hidden = with_outliers(texts, probs, gold, hidden, outliers, out_hidden)
     lap("teacher_targets")
     history = distill(model, tokenizer, texts, probs, gold, cfg, epochs=epochs, on_epoch=on_epoch,
                       teacher_hidden=hidden)
@@ -62,7 +75,8 @@ def train_candidate(cfg: StudentConfig, lake: Lake, ref: TeacherRef, teacher, la
     roles = rows["role"].value_counts()
     summary = {"training_kind": kind, "training_reason": why, "n_train": len(rows),
                "n_new": int(roles.get("new", 0)), "n_replay": int(roles.get("replay", 0)),
-               "n_replay_gold": int(roles.get("gold", 0)), "n_augmented": len(texts) - len(rows),
+               "n_replay_gold": int(roles.get("gold", 0)), "n_augmented": n_transfer - len(rows),
+               "n_outliers": len(texts) - n_transfer, "calibration_share": share,
                "n_rows_trained": len(texts), **computed}
     shutil.rmtree(out_dir, ignore_errors=True)
     save_student(model, tokenizer, out_dir / "student")

@@ -7,7 +7,9 @@ from a few randomly chosen past days, both sampled in proportion to each intent.
 and trains on, about the same number of rows whatever the size of the lake.
 
 A full retrain (``kind="full"``) trains on every labelled row; a cold start (no compatible champion)
-does too. What a student was trained on is saved beside its weights (:data:`MARK_FILE`).
+does too. What a student was trained on is saved beside its weights (:data:`MARK_FILE`). Messages
+of the calibration slice (:func:`models.calibration.in_calibration_slice`) are left out of every
+kind, so no student ever trains on them (nor on their augmented copies, which follow their parents).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pandas as pd
 
 from data_contracts.lake import Lake
 from edgeloop.config import StudentConfig
+from models.calibration import in_calibration_slice
 
 #: Beside a saved student: its training kind, row counts, and the cut-offs a warm start reads.
 MARK_FILE = "training.json"
@@ -93,21 +96,32 @@ def stratified(df: pd.DataFrame, key: pd.Series, n: int, rng: np.random.Generato
     return df.iloc[np.sort(np.concatenate(picks))] if picks else df.iloc[:0]
 
 
-def _intent(rows: pd.DataFrame) -> pd.Series:
-    """Gold label where there is one, else the teacher's."""
+def intent(rows: pd.DataFrame) -> pd.Series:
+    """Gold label where there is one, else the teacher's: what a row teaches."""
     return rows["gold_label"].where(rows["gold_label"].notna(), rows["label"]).astype(str)
 
 
+def labelled_rows(lake: Lake, teacher_key: str, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with their teacher labels (``probs``, ``label``) and their latest gold corrections."""
+    return _with_corrections(_labelled(lake, teacher_key, rows), lake.corrections())
+
+
+def _outside(rows: pd.DataFrame, share: float) -> pd.DataFrame:
+    """``rows`` without the calibration slice's messages."""
+    return rows[~in_calibration_slice(rows["message_id"], share)] if share and len(rows) else rows
+
+
 def select_rows(lake: Lake, teacher_key: str, cfg: StudentConfig, kind: str, mark: dict | None,
-                seed: int) -> pd.DataFrame:
+                seed: int, exclude_share: float = 0.0) -> pd.DataFrame:
     """The night's training rows: :data:`ROW_COLUMNS` + ``probs, label, role`` (new / gold / replay).
 
     ``kind`` ``cold`` or ``full``: every labelled message (role ``new``). ``bounded``: the rows
-    after ``mark``'s cut-offs plus the replay (see the module's docstring).
+    after ``mark``'s cut-offs plus the replay (see the module's docstring). ``exclude_share``: the
+    calibration slice's share (``collab.calibration_share``), whose messages are never selected.
     """
     corrections = lake.corrections()
     if kind != "bounded":
-        rows = _labelled(lake, teacher_key, lake.messages(columns=ROW_COLUMNS))
+        rows = _labelled(lake, teacher_key, _outside(lake.messages(columns=ROW_COLUMNS), exclude_share))
         return _with_corrections(rows, corrections).assign(role="new").reset_index(drop=True)
     cut = pd.Timestamp(mark["trained_through"])
     fixed_after = pd.Timestamp(mark.get("corrections_through") or cut)
@@ -120,17 +134,19 @@ def select_rows(lake: Lake, teacher_key: str, cfg: StudentConfig, kind: str, mar
     extra = set(corrected) - set(new["message_id"])
     if extra:
         new = pd.concat([new, lake.messages(ids=extra, columns=ROW_COLUMNS)], ignore_index=True)
+    new = _outside(new, exclude_share)
     new = _with_corrections(_labelled(lake, teacher_key, new), corrections).assign(role="new")
     rng = np.random.default_rng([seed, len(new), int(cut.value % 2**32)])
     taken = set(new["message_id"])
-    gold = _gold_sample(lake, teacher_key, cfg, corrections, cut, taken, rng)
+    gold = _gold_sample(lake, teacher_key, cfg, corrections, cut, taken, rng, exclude_share)
     taken |= set(gold["message_id"])
-    replay = _day_sample(lake, teacher_key, corrections, parts, cut, taken, cfg.replay_size - len(gold), rng)
+    replay = _day_sample(lake, teacher_key, corrections, parts, cut, taken, cfg.replay_size - len(gold), rng,
+                         exclude_share)
     return pd.concat([new, gold, replay], ignore_index=True)
 
 
 def _gold_sample(lake: Lake, teacher_key: str, cfg: StudentConfig, corrections: pd.DataFrame,
-                 cut: pd.Timestamp, taken: set, rng) -> pd.DataFrame:
+                 cut: pd.Timestamp, taken: set, rng, exclude_share: float = 0.0) -> pd.DataFrame:
     """``replay_gold_share`` of the replay from the gold rows that arrived up to ``cut``, by intent."""
     n = int(round(cfg.replay_size * cfg.replay_gold_share))
     if n <= 0:
@@ -141,14 +157,15 @@ def _gold_sample(lake: Lake, teacher_key: str, cfg: StudentConfig, corrections: 
         gold = pd.concat([gold, lake.messages(ids=set(corrections["message_id"]) - set(gold["message_id"]),
                                               columns=cols)], ignore_index=True)
     gold = _with_corrections(gold, corrections)
-    gold = gold[(gold["received_at"] <= cut) & gold["gold_label"].notna() & ~gold["message_id"].isin(taken)]
+    gold = _outside(gold[(gold["received_at"] <= cut) & gold["gold_label"].notna() & ~gold["message_id"].isin(taken)],
+                    exclude_share)
     pick = stratified(gold, gold["gold_label"].astype(str), n, rng)
     rows = lake.messages(ids=pick["message_id"], dates=pick["received_date"], columns=ROW_COLUMNS)
     return _with_corrections(_labelled(lake, teacher_key, rows), corrections).assign(role="gold")
 
 
 def _day_sample(lake: Lake, teacher_key: str, corrections: pd.DataFrame, parts: dict[str, int],
-                cut: pd.Timestamp, taken: set, n: int, rng) -> pd.DataFrame:
+                cut: pd.Timestamp, taken: set, n: int, rng, exclude_share: float = 0.0) -> pd.DataFrame:
     """``n`` earlier rows by intent, from past days drawn at random until they hold POOL_FACTOR x n rows."""
     if n <= 0:
         return pd.DataFrame(columns=ROW_COLUMNS + ["probs", "label", "role"])
@@ -160,9 +177,9 @@ def _day_sample(lake: Lake, teacher_key: str, corrections: pd.DataFrame, parts: 
         chosen.append(days[i])
         pool += parts[days[i]]
     rows = lake.messages(dates=chosen, columns=ROW_COLUMNS)
-    rows = rows[(rows["received_at"] <= cut) & ~rows["message_id"].isin(taken)]
+    rows = _outside(rows[(rows["received_at"] <= cut) & ~rows["message_id"].isin(taken)], exclude_share)
     rows = _with_corrections(_labelled(lake, teacher_key, rows), corrections)
-    return stratified(rows, _intent(rows), n, rng).assign(role="replay")
+    return stratified(rows, intent(rows), n, rng).assign(role="replay")
 
 
 def cutoffs(rows: pd.DataFrame, lake: Lake, mark: dict | None, kind: str) -> dict[str, str | None]:
