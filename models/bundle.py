@@ -106,13 +106,15 @@ def _jsonable(obj: Any) -> Any:
 
 def build_bundle(model_dir: Path, out_dir: Path, *, model_version: str, metrics: dict,
                  teacher_version: str, data_hash: str, backend: str,
-                 signing_key: Path | None, overwrite: bool = False) -> dict:
+                 signing_key: Path | None, overwrite: bool = False, collab: dict | None = None) -> dict:
     """Copy the edge files of ``model_dir`` into ``out_dir`` with a signed ``manifest.json``.
 
     The folder is assembled beside ``out_dir`` and renamed into place, so a reader sees either
     no bundle or a complete one. ``signing_key`` None writes an unsigned bundle (devices refuse
     it; useful only for local checks). ``overwrite`` replaces an existing ``out_dir``; without
     it an existing bundle is an error, because published versions must never change.
+    ``collab``: the version's :class:`edge.collab.CollabPolicy` as a dict, signed in as the
+    manifest's ``collab`` block (absent when None, as on bundles made before the night chose one).
     Returns the manifest.
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -126,6 +128,10 @@ def build_bundle(model_dir: Path, out_dir: Path, *, model_version: str, metrics:
         metrics = _jsonable(dict(metrics))
     except ValueError as exc:
         raise ValueError(f"metrics must be finite JSON values: {exc}") from None
+    if collab is not None:
+        from edge.collab import CollabPolicy
+
+        collab = CollabPolicy.from_dict(collab).to_dict()  # ValueError names a bad field
     private = load_signing_key(signing_key) if signing_key is not None else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -138,6 +144,8 @@ def build_bundle(model_dir: Path, out_dir: Path, *, model_version: str, metrics:
             "files": {n: file_entry(tmp / n) for n in BUNDLE_FILES},
         }
         manifest["size_bytes"] = sum(e["size"] for e in manifest["files"].values())
+        if collab is not None:
+            manifest["collab"] = _jsonable(collab)
         if private is not None:
             manifest = sign_manifest(manifest, private)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))

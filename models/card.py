@@ -26,9 +26,11 @@ def _cell(text: object) -> str:
 
 
 def render_card(name: str, version: str, decision: GateDecision, results: dict[str, EvalResult],
-                meta: dict, history: list[dict], links: dict[str, str] | None = None) -> str:
-    """Markdown: decision, links, every gate check, golden-set metrics, lineage, the paired
-    comparison, per-intent F1 against the champion, promotion history.
+                meta: dict, history: list[dict], links: dict[str, str] | None = None,
+                collab_lines: list[str] | None = None) -> str:
+    """Markdown: decision, links, every gate check, golden-set metrics, the end-cloud collaboration
+    (``collab_lines``: calibration, deferral, out of scope, policy), lineage, the paired comparison,
+    per-intent F1 against the champion, promotion history.
 
     ``links`` (label -> Markdown, e.g. the confusion matrix) are listed under the decision.
     """
@@ -44,7 +46,8 @@ def render_card(name: str, version: str, decision: GateDecision, results: dict[s
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {k} | {_fmt(r.accuracy)} | {_fmt(r.macro_f1)} | {_fmt(r.agreement_with_teacher)} | "
                   f"{_fmt(r.size_mb, 2)} | {_fmt(r.p50_ms, 2)} | {_fmt(r.p95_ms, 2)} |" for k, r in results.items()]
-    lines += ["", "## Lineage", ""] + [f"- {k}: `{_cell(v)}`" for k, v in meta.items()]
+    lines += list(collab_lines or [])
+    lines += ["", "## Lineage", ""] + [f"- {k}: `{_cell(v)}`" for k, v in meta.items() if k != "collab"]
     lines += comparison_lines(decision.comparison)
     lines += per_intent_lines(results)
     lines += ["", "## Promotion history", ""]

@@ -105,12 +105,13 @@ BEHAVIOUR_FLOORS = {"invariance": "min_invariance", "functionality": "min_functi
 
 def run_gate(candidate: EvalResult, teacher: EvalResult, champion: EvalResult | None, cfg: GateConfig,
              contracts_ok: bool = True, mechanical: tuple[bool, str] | None = None,
-             behaviour: dict[str, float | None] | None = None) -> GateDecision:
+             behaviour: dict[str, float | None] | None = None, extra: list[Check] | None = None) -> GateDecision:
     """Decide whether ``candidate`` may replace ``champion`` (None on the first night).
 
     ``mechanical`` is the fresh-process bundle check (ok, detail); ``behaviour`` the candidate's
     behaviour pass rates (``invariance``, ``functionality``, ``directional``). Either, when
-    given, adds its checks.
+    given, adds its checks. ``extra``: checks measured elsewhere (the collaboration step's
+    coverage and out-of-scope recall, :meth:`models.collab_night.CollabNight.checks`).
     """
     checks = [
         _check("contracts_passed", 1.0 if contracts_ok else 0.0, 1.0, ">="),
@@ -131,19 +132,22 @@ def run_gate(candidate: EvalResult, teacher: EvalResult, champion: EvalResult | 
     if behaviour is not None:
         checks += [_check(f"behaviour_{name}", behaviour.get(name), getattr(cfg, floor), ">=")
                    for name, floor in BEHAVIOUR_FLOORS.items()]
+    checks += list(extra or [])
     return GateDecision(all(c.passed for c in checks), checks, comparison)
 
 
 def decide(results: dict[str, EvalResult], cfg: GateConfig, *, contracts_ok: bool, edge_dir: str | Path,
-           smoke_texts: list[str], behaviour: dict[str, float | None] | None = None) -> GateDecision:
-    """The night's gate: :func:`run_gate` on the evaluation, with the fresh-process check of the
-    candidate's edge folder on ``smoke_texts`` (expected: what the folder answers in this process)."""
+           smoke_texts: list[str], behaviour: dict[str, float | None] | None = None,
+           extra: list[Check] | None = None) -> GateDecision:
+    """The night's gate: :func:`run_gate` on the evaluation (and the ``extra`` checks), with the
+    fresh-process check of the candidate's edge folder on ``smoke_texts`` (expected: what the
+    folder answers in this process)."""
     from edge.predictor import OnnxPredictor
 
     expected = [label for label, _ in OnnxPredictor(edge_dir).predict(smoke_texts)]
     mechanical = smoke_in_fresh_process(edge_dir, smoke_texts, expected)
     return run_gate(results["candidate"], results["teacher"], results.get("champion"), cfg,
-                    contracts_ok=contracts_ok, mechanical=mechanical, behaviour=behaviour)
+                    contracts_ok=contracts_ok, mechanical=mechanical, behaviour=behaviour, extra=extra)
 
 
 def smoke_in_fresh_process(folder: str | Path, texts: list[str], expected: list[str],

@@ -8,6 +8,7 @@ is its model card; its tags are few, short and rounded, for the registry's list 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -17,10 +18,26 @@ from models.evaluate import EvalResult
 from models.gate import GateDecision
 from models.stores import StudentStore
 
-#: Lineage keys tagged ``meta.<key>`` (models.rollout reads metrics, teacher_version, split_hash and
-#: backend back into the bundle); the rest of the lineage is in the card.
-META_TAGS = ("night", "dataset", "teacher_version", "split_hash", "backend", "metrics")
+#: Lineage keys tagged ``meta.<key>`` (models.rollout reads metrics, teacher_version, split_hash,
+#: backend and collab back into the bundle); the rest of the lineage is in the card.
+META_TAGS = ("night", "dataset", "teacher_version", "split_hash", "backend", "metrics", "collab")
+#: The tag holding the version's collaboration policy (JSON of :meth:`edge.collab.CollabPolicy.to_dict`).
+COLLAB_TAG = "meta.collab"
 CONFUSION = "evaluation/confusion_candidate.png"  # where models.tracking.log_eval_artifacts puts it
+
+
+def collab_block(tags: dict[str, str]) -> dict | None:
+    """The ``collab`` block a version's bundle signs, from its :data:`COLLAB_TAG` (None: the version
+    has no policy, e.g. it predates the collaboration step). ValueError names a bad tag."""
+    raw = tags.get(COLLAB_TAG)
+    if not raw:
+        return None
+    from edge.collab import CollabPolicy
+
+    try:
+        return CollabPolicy.from_dict(json.loads(raw)).to_dict()
+    except ValueError as exc:
+        raise ValueError(f"model-version tag {COLLAB_TAG} is not a collaboration policy: {exc}") from None
 
 
 def version_tags(decision: GateDecision, candidate: EvalResult | None, meta: dict,
@@ -35,7 +52,8 @@ def version_tags(decision: GateDecision, candidate: EvalResult | None, meta: dic
     if candidate is not None:
         tags.update({"accuracy": f"{candidate.accuracy:.4f}", "macro_f1": f"{candidate.macro_f1:.4f}",
                      "size_mb": f"{candidate.size_mb or 0:.2f}", "p95_ms": f"{candidate.p95_ms or 0:.2f}"})
-    tags.update({f"meta.{k}": str(meta[k]) for k in META_TAGS if k in meta})
+    tags.update({f"meta.{k}": json.dumps(meta[k], sort_keys=True) if k == "collab" else str(meta[k])
+                 for k in META_TAGS if k in meta})
     return tags
 
 
@@ -47,13 +65,15 @@ def _run_links(c, run_id: str, path: str) -> str:
 
 def register_candidate(store: StudentStore, run_id: str, candidate_dir: Path, decision: GateDecision,
                        results: dict[str, EvalResult], meta: dict,
-                       eval_run_id: str | None = None) -> tuple[str, str]:
+                       eval_run_id: str | None = None, collab_lines: list[str] | None = None) -> tuple[str, str]:
     """Log the candidate to ``run_id`` as an MLflow model, register it, alias it ``candidate``.
 
-    ``meta`` is the lineage (the bundle is later signed with it). ``eval_run_id``: the run whose
+    ``meta`` is the lineage (the bundle is later signed with it; ``meta["collab"]``, the policy,
+    becomes the manifest's ``collab`` block). ``eval_run_id``: the run whose
     ``evaluation/confusion_candidate.png`` the card links; without it the PNG is drawn into
-    ``run_id``. The card goes to the run (``model_card_v<N>.md``) and, cut to the registry's
-    limit, into the version's description. Returns (version, the whole card in Markdown).
+    ``run_id``. ``collab_lines``: the card's collaboration section. The card goes to the run
+    (``model_card_v<N>.md``) and, cut to the registry's limit, into the version's description.
+    Returns (version, the whole card in Markdown).
     """
     c = registry.client(store.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +96,7 @@ def register_candidate(store: StudentStore, run_id: str, candidate_dir: Path, de
         links["confusion matrix"] = _run_links(c, eval_run_id or run_id, CONFUSION)
     if champion:
         links["compared with"] = f"champion v{champion}"
-    card = render_card(store.name, version, decision, results, meta, store.history(), links)
+    card = render_card(store.name, version, decision, results, meta, store.history(), links, collab_lines)
     c.log_text(run_id, card, card_file)
     c.update_model_version(store.name, version, description=fit_description(card, f"`runs:/{run_id}/{card_file}`"))
     c.set_registered_model_alias(store.name, registry.CANDIDATE, version)

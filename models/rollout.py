@@ -123,27 +123,29 @@ def ensure_bundle(store: StudentStore, version: str, edge_dir: str | Path | None
 
     The bundle is signed from ``edge_dir`` when given (the night's own candidate folder, which it
     registered as this version), else from the version's ``model/edge`` artifact folder; its
-    lineage comes from the version's ``meta.*`` tags either way. An existing bundle is verified,
+    lineage (and ``collab`` policy) comes from the version's ``meta.*`` tags either way. An existing bundle is verified,
     never rebuilt: published bundles are immutable, and a damaged one is for a person to look at.
     A missing folder whose version the TUF repository published is restored from there, byte for
     byte (a rebuilt bundle would be signed anew, hence differ).
     """
     from edge.verify import verify_bundle
     from models.bundle import build_bundle, ensure_signing_key
+    from models.registration import collab_block
 
     version = registry_version(version)
     folder = store.bundles_root / bundle_name(version)
     ensure_signing_key(store.signing_key, store.public_key)
     if not (folder / "manifest.json").is_file() and \
             tuf_repository(store).export_bundle(bundle_name(version), folder) is None:
-        metrics, teacher, data_hash, backend = _meta(_tags(store, version))
+        tags = _tags(store, version)
+        metrics, teacher, data_hash, backend = _meta(tags)
         store.cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=store.cache_dir, prefix=f"bundle-v{version}-") as tmp:
             source = Path(edge_dir) if edge_dir else \
                 registry.download_version(store.tracking_uri, store.name, version, tmp) / "edge"
             build_bundle(source, folder, model_version=bundle_name(version), metrics=metrics,
                          teacher_version=teacher, data_hash=data_hash, backend=backend or store.backend,
-                         signing_key=store.signing_key)
+                         signing_key=store.signing_key, collab=collab_block(tags))
         log.info("built bundle %s from %s", folder, "the candidate folder" if edge_dir else "the registry")
     verify_bundle(folder, store.public_key)
     return folder
