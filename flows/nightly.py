@@ -1,4 +1,4 @@
-"""The night: ingest → contracts → relabel → distill → quantize → evaluate → gate → publish."""
+"""The night: ingest → contracts → relabel → distill → quantize → evaluate → collab policy → gate → publish."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flows.guard import exclusive_night, mark_completed
 from flows.relabel import relabel_all
 from flows.schedule import import_night, night_of, scheduled_start
 from models.stores import StudentStore
+from tasks import collab as c
 from tasks import fleet
 from tasks import night as t
 from tasks import rollout
@@ -81,16 +82,20 @@ def _night(settings, night: str, input_file: str | None, full_retrain: bool = Fa
         if settings.federated.enabled:  # device patches averaged in; kept only if no worse on golden
             candidate = fleet.learn_back(settings, store, data, candidate, night, run_id)
         evaluation = t.evaluate(settings, lake, store, data, ref, candidate, run_id)
-        decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"])
-        meta = t.lineage(settings, data, ref, night, run_id, evaluation)
-        version = t.register(store, evaluation, candidate, decision, meta)
+        # calibration, deferral threshold, out-of-scope cut: gate checks, card lines, the bundle's policy
+        collab = c.choose_policy(settings, lake, store, data, ref, candidate, run_id) \
+            if settings.collab.enabled else None
+        decision = t.gate(settings, evaluation, candidate, contracts_ok=report["ok"] and label_contract["ok"],
+                          collab=collab)
+        meta = t.lineage(settings, data, ref, night, run_id, evaluation, collab)
+        version = t.register(store, evaluation, candidate, decision, meta, collab)
         if not decision.passed:
             emit_gate_failed(night=night, model_version=version, mlflow_run_id=run_id,
                              failed_checks=[c.line() for c in decision.failed])
         published = rollout.promote(store, version, f"gate passed, night {night}", by,
                                     edge_dir=f"{candidate['folder']}/edge") if decision.passed else None
         summary = t.summarize(store, night, run_id, report, labeled, candidate, evaluation,
-                              decision, version, published)
+                              decision, version, published, collab)
         t.finish(settings, run_id, summary)
         return summary
     except Exception as exc:

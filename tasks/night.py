@@ -139,7 +139,7 @@ def train_student(settings: Settings, lake: Lake, store: StudentStore, data: Spl
         result = train_candidate(settings.student, lake, ref, load_teacher(settings.teacher, ref),
                                  list(data.labels), work_dir(settings, night) / "candidate", champion_folder(store),
                                  threads=settings.torch_threads, full_retrain=full_retrain,
-                                 last_full=lake.last_full_training(), night=night,
+                                 last_full=lake.last_full_training(), night=night, collab=settings.collab,
                                  on_epoch=lambda e: mlflow.log_metrics({"loss": e.loss, **e.extra}, step=e.epoch))
         mlflow.log_params({k: v for k, v in result.items() if k not in ("history", "folder", "seconds")})
         mlflow.log_metrics({f"seconds_{k}": v for k, v in result["seconds"].items()})
@@ -189,15 +189,17 @@ def evaluate(settings: Settings, lake: Lake, store: StudentStore, data: SplitRef
 
 
 @task(name="gate")
-def gate(settings: Settings, evaluation: dict, candidate: dict, contracts_ok: bool):
-    """The promotion decision, with every check, as a Prefect artifact."""
+def gate(settings: Settings, evaluation: dict, candidate: dict, contracts_ok: bool, collab=None):
+    """The promotion decision, with every check (and ``collab``'s coverage and out-of-scope checks,
+    a :class:`models.collab_night.CollabNight` or None), as a Prefect artifact."""
     from models.evaluate import behaviour_rates
     from models.gate import decide
 
     results = evaluation["results"]
     decision = decide(results, settings.gate, contracts_ok=contracts_ok,
                       edge_dir=Path(candidate["folder"]) / "edge", smoke_texts=evaluation["smoke_queries"],
-                      behaviour=behaviour_rates(results["candidate"]))
+                      behaviour=behaviour_rates(results["candidate"]),
+                      extra=collab.checks() if collab is not None else None)
     logger = get_run_logger()
     for check in decision.checks:
         logger.info("gate %s", check.line())
@@ -209,21 +211,25 @@ def gate(settings: Settings, evaluation: dict, candidate: dict, contracts_ok: bo
 
 @task(name="lineage")
 def lineage(settings: Settings, data: SplitRef, ref: TeacherRef, night: str, parent_run_id: str,
-            evaluation: dict) -> dict:
-    """What the registered version records about where it came from."""
+            evaluation: dict, collab=None) -> dict:
+    """What the registered version records about where it came from (with ``collab``'s policy,
+    which its bundle signs in)."""
     from models.report import lineage as version_lineage
 
-    return version_lineage(night, parent_run_id, ref.version, settings.dataset.name, data.split_hash,
+    meta = version_lineage(night, parent_run_id, ref.version, settings.dataset.name, data.split_hash,
                            settings.student.quantize, evaluation["results"]["candidate"])
+    return {**meta, "collab": collab.policy.to_dict()} if collab is not None else meta
 
 
 @task(name="register-candidate", retries=2, retry_delay_seconds=5)
-def register(store: StudentStore, evaluation: dict, candidate: dict, decision, meta: dict) -> str:
-    """Register the candidate with its gate tags; its model card (with the history) shows in Prefect too."""
+def register(store: StudentStore, evaluation: dict, candidate: dict, decision, meta: dict, collab=None) -> str:
+    """Register the candidate with its gate tags; its model card (with the history and ``collab``'s
+    lines) shows in Prefect too."""
     from models.registration import register_candidate
 
     version, card = register_candidate(store, candidate["run_id"], Path(candidate["folder"]), decision,
-                                       evaluation["results"], meta, eval_run_id=evaluation["run_id"])
+                                       evaluation["results"], meta, eval_run_id=evaluation["run_id"],
+                                       collab_lines=collab.card_lines() if collab is not None else None)
     create_markdown_artifact(key="model-card", markdown=card,
                              description=f"{store.name} v{version}: gate {'PASS' if decision.passed else 'FAIL'}")
     return version
@@ -231,12 +237,13 @@ def register(store: StudentStore, evaluation: dict, candidate: dict, decision, m
 
 @task(name="summarize")
 def summarize(store: StudentStore, night: str, run_id: str, report: dict, labeled: list[dict], candidate: dict,
-              evaluation: dict, decision, version: str, published: dict | None) -> dict:
-    """The night in one dict: what a person looks at first."""
+              evaluation: dict, decision, version: str, published: dict | None, collab=None) -> dict:
+    """The night in one dict: what a person looks at first (``collab_*``: the policy's figures)."""
     from models.report import night_summary
 
-    return night_summary(store, night, run_id, report, labeled, candidate, evaluation["results"],
-                         evaluation["teacher_stream_accuracy"], decision, version, published)
+    summary = night_summary(store, night, run_id, report, labeled, candidate, evaluation["results"],
+                            evaluation["teacher_stream_accuracy"], decision, version, published)
+    return {**summary, **{f"collab_{k}": v for k, v in collab.summary().items()}} if collab is not None else summary
 
 
 @task(name="finish-night-run", retries=2, retry_delay_seconds=[2, 10])
