@@ -25,7 +25,10 @@ def config(tmp_path_factory):
                      "max_p95_ms": 1000.0,
                      # Behaviour floors below the defaults, above what a broken model scores: students
                      # of this slice measured 0.90-0.92 / 0.72-0.75 / 0.91-0.93.
-                     "min_invariance": 0.8, "min_functionality": 0.5, "min_directional": 0.8}}
+                     "min_invariance": 0.8, "min_functionality": 0.5, "min_directional": 0.8},
+            # Collaboration checks measured but open, like the quality floors: these small students'
+            # out-of-scope recall and coverage at 98% accuracy are not what this test is about.
+            "collab": {"min_oos_recall": 0.0, "max_coverage_drop": 1.0}}
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +178,37 @@ def test_behaviour_checks_on_the_shipped_bundle_are_what_the_gate_recorded(night
         assert rows[f"behaviour_{check}"] == (f"{report.rates[check]:.4f}", f">= {floor:.4f}", "pass")
     assert report.cases["invariance.numbers"] + report.cases["invariance.amounts"] > 0
     assert report.cases["invariance.names"] == 2 * min(len(texts), settings.evaluation.behaviour_texts)
+
+
+def test_each_night_calibrates_chooses_gates_cards_logs_and_signs_its_collab_policy(nights, config):
+    """Calibration on the lake's slice, deferral threshold and out-of-scope cut at the gate, in the
+    card, in MLflow, and signed into the bundle's manifest as the version's policy."""
+    from edge.collab import CollabPolicy
+    from edge.verify import verify_bundle
+    from edgeloop.config import load_settings
+
+    settings = load_settings(overrides=config, environ={})
+    c = client(config)
+    for key in ("first", "second"):
+        mv = c.get_model_version("edge-student", nights[key]["model_version"])
+        rows = gate_rows(mv.description)
+        assert rows["coverage_at_target"][2] == "pass" and rows["oos_recall"][2] == "pass"
+        assert float(rows["oos_recall"][0]) == pytest.approx(nights[key]["collab_oos_recall"], abs=1e-4)
+        assert "## End-cloud collaboration" in mv.description and "ECE" in mv.description
+        policy = json.loads(mv.tags["meta.collab"])
+        assert CollabPolicy.from_dict(policy).oos_threshold is not None and policy["target_accuracy"] == 0.98
+        manifest = verify_bundle(settings.bundles_root() / f"v{mv.version}", settings.public_key_path())
+        assert manifest["collab"] == policy
+        run = c.get_run(nights[key]["mlflow_run_id"])
+        assert json.loads(run.data.tags["collab.policy"]) == policy
+        step = c.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
+                             "and tags.mlflow.runName = 'collab'")[0].data.metrics
+        assert step["calibration.n"] >= 30 and step["calibration.nll_after"] <= step["calibration.nll_before"] + 1e-9
+        assert step["calibration.ece_after"] <= step["calibration.ece_before"]
+        assert 0 <= step["deferral.coverage"] <= 1 and step["oos.n_test"] > 900
+    second = c.get_model_version("edge-student", nights["second"]["model_version"])
+    coverage = next(line for line in second.description.splitlines() if line.startswith("| coverage_at_target |"))
+    assert f"champion v{nights['first']['model_version']} " in coverage  # compared with the champion's own
 
 
 def test_summary_says_where_to_look(nights):
