@@ -22,6 +22,9 @@ def config(tmp_path_factory):
             # Small slice, few epochs: the floors are not what this test is about.
             "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_teacher_retention": 0.0,
                      "min_regression": 1.0, "min_intent_regression": 1.0,
+                     # Students this small may swap two near-identical intents between nights (all 6
+                     # golden set_up_shipping_address texts once: a drop of 1.0, p_adj 0.031).
+                     "alpha": 1e-6,
                      "max_p95_ms": 1000.0,
                      # Behaviour floors below the defaults, above what a broken model scores: students
                      # of this slice measured 0.90-0.92 / 0.72-0.75 / 0.91-0.93.
@@ -106,7 +109,8 @@ def test_champion_alias_and_gate_reasons_are_recorded(nights, config):
     assert [nights[k]["gate_decision"] for k in ("first", "second", "again")] == ["pass"] * 3
     champ = c.get_model_version_by_alias("edge-student", "champion")
     assert str(champ.version) == nights["again"]["model_version"] == nights["again"]["champion_version"]
-    for key in ("first", "second"):
+    assert nights["first"]["bundle"]
+    for key in ("first", "second", "again"):
         mv = c.get_model_version("edge-student", nights[key]["model_version"])
         assert (mv.tags["gate.decision"], mv.tags["gate.failed"]) == ("pass", "none")
         rows = gate_rows(mv.description)
@@ -189,7 +193,8 @@ def test_each_night_calibrates_chooses_gates_cards_logs_and_signs_its_collab_pol
 
     settings = load_settings(overrides=config, environ={})
     c = client(config)
-    for key in ("first", "second"):
+    assert nights["first"]["bundle"]
+    for key in ("first", "second", "again"):
         mv = c.get_model_version("edge-student", nights[key]["model_version"])
         rows = gate_rows(mv.description)
         assert rows["coverage_at_target"][2] == "pass" and rows["oos_recall"][2] == "pass"
@@ -197,8 +202,8 @@ def test_each_night_calibrates_chooses_gates_cards_logs_and_signs_its_collab_pol
         assert "## End-cloud collaboration" in mv.description and "ECE" in mv.description
         policy = json.loads(mv.tags["meta.collab"])
         assert CollabPolicy.from_dict(policy).oos_threshold is not None and policy["target_accuracy"] == 0.98
-        manifest = verify_bundle(settings.bundles_root() / f"v{mv.version}", settings.public_key_path())
-        assert manifest["collab"] == policy
+        if nights[key]["bundle"]:  # published: the policy is signed into its manifest
+            assert verify_bundle(nights[key]["bundle"], settings.public_key_path())["collab"] == policy
         run = c.get_run(nights[key]["mlflow_run_id"])
         assert json.loads(run.data.tags["collab.policy"]) == policy
         step = c.search_runs([run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}' "
