@@ -80,3 +80,9 @@ bench-scale: setup
 bench-gate: setup
 	$(BIN)/python -m benchmarks.bench_gate --dataset bitext
 	$(BIN)/python -m benchmarks.bench_gate --dataset clinc150 --epochs 6
+
+# Week benchmark (benchmarks/README.md): a fresh home, the cloud teacher in its own process and one device;
+# seven days of traffic routed device / cloud / rejected, each followed by a night through the CLI.
+.PHONY: bench-week
+bench-week: setup
+	$(BIN)/python -m benchmarks.simulate_week
