@@ -299,7 +299,7 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs:
     lap("load_teacher")
     trained = train_candidate(settings.student, lake, ref, teacher, base["labels"], root / "work" / "candidate",
                               ("bench", champ), threads=threads, full_retrain=full_retrain,
-                              last_full="2000-01-01", night=night_name)
+                              last_full="2000-01-01", night=night_name, collab=settings.collab)
     lap("train")
     golden = golden_texts(split)
     results, _ = evaluate_night(golden, teacher, teacher_folder, root / "work" / "candidate" / "edge",
@@ -308,6 +308,15 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs:
                                 behaviour_texts=settings.evaluation.behaviour_texts)
     stream_acc = teacher_stream_accuracy(split, lake.labels(ref.cache_key, ["message_id", "label"]))
     lap("evaluate")
+    # The night's collab step (tasks/collab.py without MLflow): calibration slice, policy, OOS cut.
+    from models.collab_data import calibration_slice, out_of_scope
+    from models.collab_night import run_collab
+
+    cal = calibration_slice(lake, ref.cache_key, settings.collab.calibration_share)
+    collab = run_collab(settings.collab, (cal["text"].tolist(), cal["label"].tolist()), golden,
+                        root / "work" / "candidate" / "edge", ("bench", champ / "edge", None),
+                        out_of_scope(settings.collab))
+    lap("collab")
     t["night"] = round(sum(v for k, v in t.items() if k != "setup"), 2)
     cpu["night"] = round(sum(v for k, v in cpu.items() if k != "setup"), 2)
     return {"lake_rows": manifest["size"], "lake_days": manifest["days"], "rows_added": added, "threads": threads,
@@ -317,6 +326,7 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs:
                                                         if k not in ("history", "folder") and not k.startswith("recipe")},
             "golden_accuracy": results["candidate"].accuracy, "champion_accuracy": results["champion"].accuracy,
             "teacher_accuracy": results["teacher"].accuracy, "teacher_stream_accuracy": stream_acc,
+            "collab": collab.metrics(),
             "seconds": t, "cpu_seconds": cpu, "peak_rss_mb": round(_rss_mb(), 1), "load_avg_1m_end": round(_load(), 2)}
 
 
@@ -476,14 +486,14 @@ def table(result: dict) -> list[str]:
              f"(the night process, all its threads) much less. Student: {nights[0]['warm_start_epochs']} warm epoch(s), "
              f"{nights[0]['threads']} torch thread(s).", "",
              "| lake rows | night wall s (x 10k) | night CPU s (x 10k) | CPU s: ingest / relabel / label contract / "
-             "train / evaluate | wall s in train: select rows / teacher targets / distill / export | trained rows "
+             "train / evaluate / collab | wall s in train: select rows / teacher targets / distill / export | trained rows "
              "(new+replay+gold+copies) | teacher vectors / copies computed | golden acc | peak RSS MB | load |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for n in nights:
         s, c, tr = n["seconds"], n["cpu_seconds"], n["training"]
         lines.append(f"| {n['lake_rows']:,} | {s['night']} ({s['night'] / small:.2f}x) | {c['night']} "
                      f"({c['night'] / cpu0:.2f}x) | {c['ingest']} / {c['relabel']} / {c['label_contract']} / {c['train']} / "
-                     f"{c['evaluate']} | " + " / ".join(str(v) for v in tr["seconds"].values()) +
+                     f"{c['evaluate']} / {c.get('collab', 'n/a')} | " + " / ".join(str(v) for v in tr["seconds"].values()) +
                      f" | {tr['n_new']}+{tr['n_replay']}+{tr['n_replay_gold']}+{tr['n_augmented']} | "
                      f"{tr['vectors_computed']} / {tr['augmented_computed']} | {n['golden_accuracy']:.4f} | "
                      f"{n['peak_rss_mb']} | {n.get('load_avg_1m_start')} |")
