@@ -40,6 +40,7 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.bench_collab --work $(EDGELOOP_HOME)/bench-collab
 
 # The device-only install (packaging/edgeloop-edge): a fresh venv outside .venv with only the
 # edgeloop-edge wheel and requirements/device.txt; fails above 150 MB (DEVICE_MAX_MB).
@@ -80,6 +81,12 @@ bench-scale: setup
 bench-gate: setup
 	$(BIN)/python -m benchmarks.bench_gate --dataset bitext
 	$(BIN)/python -m benchmarks.bench_gate --dataset clinc150 --epochs 6
+
+# End-cloud benchmark (benchmarks/README.md): device alone, cloud alone and collaborative on Bitext and
+# CLINC150 (+ CLINC150's oos lists); teachers and students trained once under $EDGELOOP_HOME/bench-collab.
+.PHONY: bench-collab
+bench-collab: setup
+	$(BIN)/python -m benchmarks.bench_collab --work $(EDGELOOP_HOME)/bench-collab
 
 # Week benchmark (benchmarks/README.md): a fresh home, the cloud teacher in its own process and one device;
 # seven days of traffic routed device / cloud / rejected, each followed by a night through the CLI.
