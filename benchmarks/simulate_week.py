@@ -11,7 +11,8 @@ End to end with the real components, on the bundled Bitext data and CLINC150's o
    cloud / rejected by the bundle's signed collab policy): the stream batch the next night will
    replay (texts not yet in the lake; their gold labels in the split score the answers) plus a
    slice of CLINC150 ``oos_test``. Users give feedback on a share of the answers (accept a right
-   answer, reject a wrong one with the right intent). The device's feedback and deferral spool move
+   answer, reject a wrong one; with ``--corrections`` they name the right intent, which the night
+   takes as gold). The device's feedback and deferral spool move
    to the night's feedback inbox (``<home>/feedback/inbox/<device id>/``), as a device's uploader
    does; then night d+1 runs through the CLI (it ingests the deferred messages first, source
    ``deferred``; the teacher labels them first; trains, calibrates, gates, publishes) and the
@@ -181,9 +182,10 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 2) if values else None
 
 
-def serve_day(device, traffic: list[tuple[str, str | None]], feedback_share: float) -> dict:
+def serve_day(device, traffic: list[tuple[str, str | None]], feedback_share: float, corrections: bool) -> dict:
     """The device answers each (text, gold or None for out of scope) once; users give feedback on
-    ``feedback_share`` of the answers (picked by message id). Returns the day's figures."""
+    ``feedback_share`` of the answers (picked by message id): accept a right answer, reject a wrong
+    one (naming the right intent when ``corrections``). Returns the day's figures."""
     from edge.feedback import message_id
     from edge.redact import redact
 
@@ -195,7 +197,7 @@ def serve_day(device, traffic: list[tuple[str, str | None]], feedback_share: flo
         if p.label is not None and int(mid[:8], 16) / 2**32 < feedback_share:
             right = gold is not None and p.label == gold
             device.feedback(p.message_id, p.label, accepted=right,
-                            corrected_label=None if right or gold is None else gold)
+                            corrected_label=gold if corrections and not right and gold is not None else None)
     ins = [(p, g) for p, g in rows if g is not None]
     oos = [p for p, g in rows if g is None]
     share = lambda ps, r: round(sum(p.route == r for p in ps) / len(ps), 4) if ps else None
@@ -205,6 +207,9 @@ def serve_day(device, traffic: list[tuple[str, str | None]], feedback_share: flo
     for r in ("device", "cloud"):
         sel = [(p, g) for p, g in ins if p.route == r]
         by_route[r] = round(sum(p.label == g for p, g in sel) / len(sel), 4) if sel else None
+    sent = [(p, g) for p, g in ins if p.route == "cloud"]
+    # what the device itself would have answered on the messages it sent to the cloud
+    by_route["cloud_device_would"] = round(sum(p.local_label == g for p, g in sent) / len(sent), 4) if sent else None
     return {"n": len(rows), "n_in_scope": len(ins), "n_oos": len(oos),
             "route_share": {r: share(allp, r) for r in ("device", "cloud", "rejected")},
             "in_scope_route_share": {r: share([p for p, _ in ins], r) for r in ("device", "cloud", "rejected")},
@@ -216,6 +221,22 @@ def serve_day(device, traffic: list[tuple[str, str | None]], feedback_share: flo
             "cloud_ms_p50": _pct(cloud, 50), "cloud_ms_p95": _pct(cloud, 95), "n_cloud": len(cloud),
             "flagged": sum(p.flag is not None for p in allp),
             "latency_ms_p50": _pct([p.latency_ms for p in allp if p.latency_ms is not None], 50)}
+
+
+def cloud_alone(url: str, traffic: list[tuple[str, str | None]]) -> float | None:
+    """Accuracy of the cloud teacher alone on the in-scope traffic (batches of 64, redacted)."""
+    from edge.cloud import CloudClient
+    from edge.redact import redact
+
+    ins = [(redact(t)[0], g) for t, g in traffic if g is not None]
+    client, right = CloudClient(url, timeout_s=60, device_id="dev-weekbench"), 0
+    for s in range(0, len(ins), 64):
+        chunk = ins[s:s + 64]
+        reply, err = client.request([t for t, _ in chunk])
+        if reply is None:
+            raise RuntimeError(f"the cloud did not answer the cloud-alone batch: {err}")
+        right += sum(r.label == g for r, (_, g) in zip(reply.results, chunk))
+    return round(right / len(ins), 4) if ins else None
 
 
 def upload(device, inbox: Path) -> dict:
@@ -263,8 +284,8 @@ def relabel_order(home: Path, before: set[Path], new_deferred: set[str]) -> dict
 
 # ---- the week -------------------------------------------------------------------------------------
 
-def simulate(home: Path, days: int, oos_per_day: int, feedback_share: float, settings: dict | None = None,
-             start: date = date(2026, 12, 1), progress=None) -> dict:
+def simulate(home: Path, days: int, oos_per_day: int, feedback_share: float, corrections: bool = False,
+             settings: dict | None = None, start: date = date(2026, 12, 1), progress=None) -> dict:
     """Run the week in ``home`` (fresh); returns every night's figures. ``progress(nights)`` is
     called after each night (to save partial results)."""
     from data_contracts.datasets import load_split
@@ -329,9 +350,10 @@ def simulate(home: Path, days: int, oos_per_day: int, feedback_share: float, set
                 [(t, None) for t in oos]
             order = np.random.default_rng(1000 + d).permutation(len(traffic))
             t0 = time.perf_counter()
-            served = serve_day(device, [traffic[i] for i in order], feedback_share)
+            served = serve_day(device, [traffic[i] for i in order], feedback_share, corrections)
             served["seconds"] = round(time.perf_counter() - t0, 1)
             served["stream_texts_already_in_lake"] = len(known)
+            served["cloud_alone_accuracy"] = cloud_alone(url, traffic)
             served.update(upload(device, cfg.feedback_inbox()))
             entry["day"] = {"day": d, **served}
             before_parts, before_def = _label_parts(home), _deferred_ids(lake)
@@ -354,6 +376,7 @@ def simulate(home: Path, days: int, oos_per_day: int, feedback_share: float, set
                                               "seed": len(split.seed), "stream": len(split.stream),
                                               "golden": len(split.golden), "labels": len(split.labels)},
             "target_accuracy": target, "days": days, "oos_per_day": oos_per_day, "feedback_share": feedback_share,
+            "corrections": corrections,
             "device": {"id": DEVICE_ID, "channel": "canary", "personalization": False},
             "cloud": {"health": health, "stats": cloud_stats}, "bootstrap_seconds": round(bootstrap_s, 1),
             "total_seconds": round(time.perf_counter() - t_start, 1), "nights": nights}
@@ -407,9 +430,10 @@ def readme_lines(r: dict) -> list[str]:
              f"{r['feedback_share']:.0%} of answers. Target accuracy {r['target_accuracy']}; teacher (the cloud) golden "
              f"accuracy {_f(r['nights'][0]['teacher_accuracy'], 4)}."), "",
              ("| night | gate | device runs | golden acc | T | threshold | coverage@target (night / here) "
-             "| deferred in / first | next day: device / cloud / rejected | in-scope acc (device alone) "
-             "| OOS recall | cloud p50 / p95 ms | night s |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| deferred in / labelled first | next day: device / cloud / rejected | in-scope acc: collab / "
+             "device alone / cloud alone | deferred ones: cloud / device would | OOS recall | cloud p50 / p95 ms "
+             "| night s |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in r["nights"]:
         s, day = n["shipped"], n.get("day")
         deferred = "—" if "deferred_ingested" not in n else \
@@ -417,13 +441,15 @@ def readme_lines(r: dict) -> list[str]:
         if day:
             rs = day["route_share"]
             routes = f"{rs['device']:.2f} / {rs['cloud']:.2f} / {rs['rejected']:.2f}"
-            acc = f"{_f(day['in_scope_accuracy'])} ({_f(day['device_alone_accuracy'])})"
+            acc = (f"{_f(day['in_scope_accuracy'])} / {_f(day['device_alone_accuracy'])} / "
+                   f"{_f(day['cloud_alone_accuracy'])}")
+            hard = f"{_f(day['accuracy_by_route']['cloud'])} / {_f(day['accuracy_by_route']['cloud_device_would'])}"
             oos, cl = _f(day["oos_recall"]), f"{_f(day['cloud_ms_p50'], 1)} / {_f(day['cloud_ms_p95'], 1)}"
         else:
-            routes = acc = oos = cl = "—"
+            routes = acc = hard = oos = cl = "—"
         lines.append(f"| {n['night']} | {n['gate_decision']} | {n['device_version']} | {_f(s['golden_accuracy'])} "
                      f"| {_f(s['temperature'], 2)} | {_f(s['threshold'])} | {_f(n['collab_coverage_at_target'])} / "
-                     f"{_f(s['coverage_at_target'])} | {deferred} | {routes} | {acc} | {oos} | {cl} | {n['seconds']:.0f} |")
+                     f"{_f(s['coverage_at_target'])} | {deferred} | {routes} | {acc} | {hard} | {oos} | {cl} | {n['seconds']:.0f} |")
     lines += ["", (f"Coverage at {r['target_accuracy']} of the bundle the device ran: {t['first']:.3f} → {t['last']:.3f} "
               f"({t['change']:+.3f}; {t['rises']} rises, {t['falls']} falls, {t['flat']} unchanged over "
               f"{len(t['coverage']) - 1} nights).")]
@@ -451,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--oos-per-day", type=int, default=25, help="CLINC150 oos_test texts in each day's traffic")
     p.add_argument("--feedback-share", type=float, default=0.1, help="share of answers users give feedback on")
+    p.add_argument("--corrections", action="store_true",
+                   help="users name the right intent when they reject an answer (gold labels for the night); "
+                        "off by default: the coverage the week shows then comes from the teacher's labels alone")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="settings on top of QUICK (every CLI call gets them)")
     p.add_argument("--out", type=Path, default=RESULTS / "week.json")
@@ -462,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     def partial(nights: list[dict]) -> None:
         a.out.write_text(json.dumps({"partial": True, "home": str(a.home), "nights": nights}, indent=1))
 
-    result = simulate(a.home.resolve(), a.days, a.oos_per_day, a.feedback_share, extra, progress=partial)
+    result = simulate(a.home.resolve(), a.days, a.oos_per_day, a.feedback_share, a.corrections, extra,
+                      progress=partial)
     result["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     result["home"] = str(a.home)
     result["trend"] = trend(result["nights"])
