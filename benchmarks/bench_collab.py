@@ -2,24 +2,39 @@
 
 Usage: ``python -m benchmarks.bench_collab [--dataset bitext|clinc150|all] [--work DIR] [--quick]``
 
-Per data set, with the night's own functions but outside the flow (the flow does not calibrate
-or route yet), on this CPU:
+Every night already calibrates the candidate and chooses its policy (:mod:`models.collab_night`:
+temperature on the calibration slice, deferral threshold on *golden* at
+``collab.target_accuracy``, out-of-scope cut on ``oos_val``) and devices route with it
+(:func:`edge.cloud.answer`). What this benchmark adds, per data set, on this CPU:
 
-1. split as configured; train = seed + the first stream batch (one night's data), calibration
-   slice = the next stream rows (neither training nor golden), report = golden;
+1. held-out thresholds: everything is chosen on a calibration slice (stream rows that are neither
+   training nor golden: the next ``--n-cal`` after one night's batch) + ``oos_val`` and measured on
+   golden + ``oos_test`` (the night chooses on golden itself, so its coverage is not held out);
 2. the teacher: MiniLM fine-tuned on the seed (as ``bootstrap-teacher``), its ONNX fp32 export;
-3. two students, distilled as the night does (KD + sentence vectors + augmentation, ONNX int8):
+   two students distilled as the night does (KD + sentence vectors + augmentation, ONNX int8):
    ``kd`` and ``kd+oe`` (outlier exposure on CLINC150's ``oos_train``, :mod:`models.outliers`);
-4. out-of-scope scores (MSP, energy, Mahalanobis, relative Mahalanobis): thresholds chosen on
-   the calibration slice + ``oos_val`` at <= 1 point of in-scope accuracy, measured on golden +
-   ``oos_test``; temperature fitted on the calibration slice (ECE before/after);
-5. the systems on golden + ``oos_test``, one message at a time: the device (ONNX int8 student),
-   the cloud (the teacher behind ``models.cloud_server`` on uvicorn, loopback), and the
-   collaboration (:func:`edge.cloud.answer`), with per-message latency and routes.
+   trained once per ``--work`` folder and reused;
+3. out-of-scope scores compared on both students (MSP, energy, Mahalanobis, relative
+   Mahalanobis: cut at <= ``--oos-loss`` of in-scope accuracy on the slice, measured on the report
+   set); the collaboration itself runs what the night ships: the ``kd+oe`` student and
+   ``collab.oos_score`` (energy), its cut budgeted so that all rejection (the device's cut plus the
+   cloud's own) costs at most ``--oos-loss`` of the collaboration's accuracy on the slice;
+4. one measured run at ``--target`` (0.98, the default ``collab.target_accuracy``), one message
+   at a time over golden + ``oos_test``: the device alone (:func:`edge.cloud.answer` with no
+   cloud: it never defers; its own cut at ``--oos-loss`` of its own accuracy), the cloud alone
+   (the teacher behind ``models.cloud_server`` on uvicorn, loopback, with its own temperature and
+   cut at ``--oos-loss`` of its accuracy) and the collaboration (:func:`edge.cloud.answer` with
+   that cloud); routes, answers and per-message latency;
+5. a sweep over ``collab.target_accuracy`` (:data:`TARGETS`) computed offline from that run's
+   per-message device logits and cloud replies (no more cloud round trips): thresholds chosen on
+   the slice each time, routed with :func:`edge.collab.decide` as a device does; the sweep's row
+   at ``--target`` reproduces the measured run (checked, ``replay_agreement``), and each row says
+   whether the goals hold (:func:`goals`).
 
 Bitext has no out-of-scope texts: CLINC150's oos lists serve both data sets (oos_train trains,
-oos_val selects, oos_test measures). Teachers and students are cached in ``--work`` (default
-``var/bench-collab``); results go to ``benchmarks/results/collab[-quick].json``.
+oos_val selects, oos_test measures). Results go to ``benchmarks/results/collab[-quick].json``; a
+full run of both data sets also rewrites the generated part of benchmarks/README.md's collab
+section (``--no-readme`` not to).
 """
 
 from __future__ import annotations
@@ -46,7 +61,15 @@ DATASETS = {
 }
 NIGHT_BATCH = 400
 OOS_SCORES = ("msp", "energy", "mahalanobis", "rel_mahalanobis")
-TARGETS = (0.9, 0.95, 0.97, 0.98, 0.99)
+TARGETS = (0.95, 0.97, 0.98, 0.99, 0.995)
+#: The goals (issue 11) each sweep row is checked against; "clear" in-scope messages are those the
+#: cloud's teacher answers with calibrated confidence >= CLEAR_CONFIDENCE, and "stay on the device"
+#: means the device answers at least CLEAR_ON_DEVICE of them itself (our reading of the goal).
+MAX_CLOUD_SHARE = 0.30
+MIN_OOS_RECALL = 0.9
+MAX_REJECTION_COST = 0.01
+CLEAR_CONFIDENCE = 0.9
+CLEAR_ON_DEVICE = 0.95
 
 
 def _log(msg: str) -> None:
@@ -67,7 +90,7 @@ def load_parts(name: str, quick: bool, n_cal: int) -> dict:
         over["max_rows"] = 3000 if name == "bitext" else 4500
     cfg = DatasetConfig(**over)
     split = split_dataset(load_dataset(cfg), cfg)
-    red = lambda s: [redact(t)[0] for t in s]  # noqa: E731 - the lake stores redacted text
+    red = lambda s: [redact(t)[0] for t in s]  # the lake stores redacted text
     stream = split.stream
     train = {"text": red(list(split.seed["text"]) + list(stream["text"][:NIGHT_BATCH])),
              "gold": list(split.seed["label"]) + [None] * min(NIGHT_BATCH, len(stream))}
@@ -139,20 +162,6 @@ def student(parts: dict, work: Path, teacher_dir: Path, teacher_onnx, variant: s
     return info
 
 
-def onnx_logits(pred, texts: list[str], batch: int = 64) -> np.ndarray:
-    """Raw logits of an edge folder's model (OnnxPredictor gives softmax; energy needs logits)."""
-    out = np.zeros((len(texts), len(pred.labels)), np.float32)
-    for s in range(0, len(texts), batch):
-        encs = pred.tokenizer.encode_batch(texts[s:s + batch])
-        width = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), width), np.int64)
-        mask = np.zeros_like(ids)
-        for r, e in enumerate(encs):
-            ids[r, :len(e.ids)], mask[r, :len(e.ids)] = e.ids, 1
-        out[s:s + batch] = pred.session.run(["logits"], {"input_ids": ids, "attention_mask": mask})[0]
-    return out
-
-
 def torch_features(student_dir: Path, texts: list[str], batch: int = 128) -> np.ndarray:
     """Mean-pooled last hidden states of the float student (for the Mahalanobis scores)."""
     import torch
@@ -214,12 +223,16 @@ def compare_oos(scores: dict, sel_in_ok: np.ndarray, rep_in_ok: np.ndarray, n_se
 
 # ---- the systems over HTTP ------------------------------------------------------------------------
 
+SYSTEMS = ("device", "cloud", "collab")
+
+
 def start_cloud(onnx_dir: Path, temperature: float, oos_threshold: float | None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "models.cloud_server", "--model-dir", str(onnx_dir), "--port", str(port),
-           "--teacher-version", "bench", "--threads", "1", "--max-wait-ms", "2", "--temperature", str(temperature)]
+    cmd = [sys.executable, "-m", "models.cloud_server", "--model-dir", str(onnx_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--teacher-version", "bench", "--threads", "1", "--max-wait-ms", "2",
+           "--temperature", str(temperature)]
     if oos_threshold is not None:
         cmd += ["--oos-threshold", str(oos_threshold)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -234,59 +247,190 @@ def start_cloud(onnx_dir: Path, temperature: float, oos_threshold: float | None)
     raise RuntimeError("cloud server did not start")
 
 
-def run_systems(texts: list[str], gold: list[str | None], device, labels: list[str], policy, url: str) -> dict:
-    """Each message once through each system; routes, answers and per-message latency."""
-    from dataclasses import replace
+def run_systems(texts: list[str], device, labels: list[str], policy, device_policy, url: str) -> tuple[dict, dict]:
+    """Each message once through each system, one message at a time (``device_policy``: the
+    device alone's, whose out-of-scope cut is chosen for the device's own accuracy).
 
+    Returns per system its routes, answers, whether the message went to the cloud and latency; and
+    what the sweep replays: the device's logits for each message as the collaboration computed
+    them, and the cloud's reply to each (label, calibrated confidence, out_of_scope).
+    """
     from edge.cloud import CloudClient, answer
-    from edge.collab import decide
-    from models.deferral import collab_metrics
+    from models.collab_night import edge_logits
 
     client = CloudClient(url, timeout_s=2.0, device_id="dev-bench0")
-    device_policy = replace(policy, threshold=0.0)  # the device answers all it does not reject
-    runs: dict[str, dict] = {k: {"routes": [], "answers": [], "ms": []} for k in ("device", "cloud", "collab")}
-    for text in texts:
-        t0 = time.perf_counter()
-        d = decide(onnx_logits(device, [text]), device_policy)[0]
-        runs["device"]["ms"].append((time.perf_counter() - t0) * 1e3)
-        runs["device"]["routes"].append(d.route)
-        runs["device"]["answers"].append(None if d.route == "rejected" else labels[d.index])
+    runs = {k: {"routes": [], "answers": [], "sent": [], "ms": []} for k in SYSTEMS}
+    logits = np.zeros((len(texts), len(labels)), np.float32)
+    cloud = {"label": [], "confidence": [], "out_of_scope": []}
+
+    def record(system: str, route: str, label: str | None, sent: bool, ms: float) -> None:
+        for key, value in zip(("routes", "answers", "sent", "ms"), (route, label, sent, ms)):
+            runs[system][key].append(value)
+
+    for i, text in enumerate(texts):
+        t0 = time.perf_counter()  # the device with no cloud: never defers (edge.cloud.answer, cloud=None)
+        a = answer(text, edge_logits(device, [text])[0], labels, device_policy, None, started=t0)
+        record("device", a.route, a.label, False, a.latency_ms)
 
         t0 = time.perf_counter()
         reply = client.classify([text])
-        runs["cloud"]["ms"].append((time.perf_counter() - t0) * 1e3)
+        ms = (time.perf_counter() - t0) * 1e3
         if reply is None:
             raise RuntimeError(f"cloud failed during the benchmark: {client.last_error}")
         r = reply.results[0]
-        runs["cloud"]["routes"].append("rejected" if r.out_of_scope else "cloud")
-        runs["cloud"]["answers"].append(None if r.out_of_scope else r.label)
+        for key, value in zip(("label", "confidence", "out_of_scope"), (r.label, r.confidence, r.out_of_scope)):
+            cloud[key].append(value)
+        record("cloud", "rejected" if r.out_of_scope else "cloud", None if r.out_of_scope else r.label, True, ms)
 
         t0 = time.perf_counter()
-        a = answer(text, onnx_logits(device, [text])[0], labels, policy, client, started=t0)
-        runs["collab"]["ms"].append(a.latency_ms)
-        runs["collab"]["routes"].append(a.route)
-        runs["collab"]["answers"].append(a.label)
+        z = edge_logits(device, [text])[0]
+        a = answer(text, z, labels, policy, client, started=t0)
         if a.flag:
             raise RuntimeError(f"collaboration fell back locally during the benchmark: {a.flag}")
-    out = {}
-    for name, run in runs.items():
-        m = collab_metrics(run["routes"], run["answers"], gold)
-        ms = np.array(run["ms"])
-        m.update(p50_ms=round(float(np.percentile(ms, 50)), 3), p95_ms=round(float(np.percentile(ms, 95)), 3))
-        out[name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
-        out[name]["_routes"], out[name]["_answers"] = run["routes"], run["answers"]
-    return out
+        logits[i] = z
+        record("collab", a.route, a.label, a.deferred, a.latency_ms)
+    return runs, {"logits": logits, **{k: np.array(v) for k, v in cloud.items()}}
+
+
+# ---- figures, policies and the offline sweep ------------------------------------------------------
+
+def figures(routes: list[str], answers: list, sent, gold: list, clear: np.ndarray, ms=None) -> dict:
+    """:func:`models.deferral.collab_metrics` plus what went to the cloud (a deferred message the
+    cloud rejects counts as sent; its route is ``rejected``), clear messages answered on the
+    device, and latency percentiles."""
+    from models.deferral import collab_metrics
+
+    m = collab_metrics(routes, answers, gold)
+    sent = np.asarray(sent, bool)
+    in_scope = np.array([g is not None for g in gold])
+    m["sent_to_cloud"] = float(sent.mean())
+    m["in_scope_sent_to_cloud"] = float(sent[in_scope].mean())
+    m["clear_on_device"] = float(np.mean(np.asarray(routes)[clear] == "device")) if clear.any() else None
+    if ms is not None:
+        m["p50_ms"], m["p95_ms"] = float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}
+
+
+def simulate(logits: np.ndarray, labels: list[str], policy, cloud: dict, cloud_rejects: bool = True
+             ) -> tuple[list[str], list, list[bool]]:
+    """Routes, answers and cloud use of the collaboration replayed from recorded device logits and
+    cloud replies, routed with :func:`edge.collab.decide` as :func:`edge.cloud.answer_many` routes."""
+    from edge.collab import decide
+
+    routes, answers, sent = [], [], []
+    for i, d in enumerate(decide(logits, policy)):
+        sent.append(d.route == "cloud")
+        if d.route == "cloud" and cloud_rejects and cloud["out_of_scope"][i]:
+            routes.append("rejected")
+            answers.append(None)
+        elif d.route == "cloud":
+            routes.append("cloud")
+            answers.append(str(cloud["label"][i]))
+        else:
+            routes.append(d.route)
+            answers.append(None if d.route == "rejected" else labels[d.index])
+    return routes, answers, sent
+
+
+def choose_policy(target: float, sel: dict, temperature: float, score: str, oos_loss: float):
+    """The collaboration's policy chosen on the selection set (calibration slice + ``oos_val``).
+
+    Deferral threshold at ``target`` on the slice; the out-of-scope cut is budgeted so that all
+    rejection, the cloud's own (on what is deferred) plus the device's cut, costs at most
+    ``oos_loss`` of the collaboration's in-scope accuracy on the slice.
+    """
+    from dataclasses import replace
+
+    from edge.collab import calibrated_probs, oos_score
+    from models.deferral import choose_oos_threshold, choose_threshold, make_policy
+
+    n = sel["n"]
+    conf = calibrated_probs(sel["z"][:n], temperature).max(1)
+    deferral = choose_threshold(conf, sel["device_ok"], target)
+    on_device = conf >= (deferral.threshold if deferral.threshold is not None else np.inf)
+    ok_no_reject = np.where(on_device, sel["device_ok"], sel["cloud_ok"])
+    ok = np.where(on_device, sel["device_ok"], sel["cloud_ok"] & ~sel["cloud_rejects"])
+    cloud_cost = float(ok_no_reject.mean() - ok.mean())
+    budget = max(0.0, oos_loss - cloud_cost)
+    s = oos_score(sel["z"], score, temperature)
+    oos = choose_oos_threshold(s[:n], ok, s[n:], budget)
+    policy = replace(make_policy(temperature, deferral, oos, score), oos_max_accuracy_loss=oos_loss)
+    return policy, {"deferral": deferral.to_dict(), "oos": oos.to_dict(),
+                    "cloud_rejection_cost_on_slice": round(cloud_cost, 4), "device_cut_budget": round(budget, 4)}
+
+
+def goals(row: dict, teacher_in_scope_accuracy: float) -> dict:
+    """Which of the goals hold for one sweep row (see the constants at the top)."""
+    a_acc = row["in_scope_accuracy"] >= teacher_in_scope_accuracy - 1e-9
+    a_share = row["in_scope_sent_to_cloud"] <= MAX_CLOUD_SHARE + 1e-9
+    b_recall = row["oos_recall"] >= MIN_OOS_RECALL - 1e-9
+    b_cost = row["rejection_cost"] <= MAX_REJECTION_COST + 1e-9
+    c = row["clear_on_device"] is not None and row["clear_on_device"] >= CLEAR_ON_DEVICE - 1e-9
+    return {"a_accuracy_at_least_teacher": a_acc, "a_cloud_share_at_most": a_share, "a": a_acc and a_share,
+            "b_oos_recall_at_least": b_recall, "b_rejection_cost_at_most": b_cost, "b": b_recall and b_cost,
+            "c_clear_on_device": c}
+
+
+def sweep(sel: dict, rec: dict, labels: list[str], gold: list, clear: np.ndarray, temperature: float, score: str,
+          oos_loss: float, teacher_in_scope_accuracy: float) -> list[dict]:
+    """One row per :data:`TARGETS`: policy chosen on the slice, replayed on the measured run's records.
+    Coverage (slice and golden) is the in-scope share at or above the deferral threshold, before
+    any rejection; ``in_scope_coverage`` is what the device answered in the end."""
+    from edge.collab import calibrated_probs
+
+    rows = []
+    for target in TARGETS:
+        policy, choice = choose_policy(target, sel, temperature, score, oos_loss)
+        f = figures(*simulate(rec["logits"], labels, policy, rec), gold, clear)
+        plain = figures(*simulate(rec["logits"], labels, replace_oos(policy), rec, cloud_rejects=False), gold, clear)
+        in_scope = np.array([g is not None for g in gold])
+        conf = calibrated_probs(rec["logits"][in_scope], temperature).max(1)
+        covered = conf >= (policy.threshold if policy.threshold is not None else np.inf)
+        row = {"target": target, "threshold": policy.threshold, "oos_threshold": policy.oos_threshold,
+               "coverage_calibration": round(choice["deferral"]["coverage"], 4),
+               "coverage_golden": round(float(covered.mean()), 4),
+               "answered_accuracy_calibration": choice["deferral"]["answered_accuracy"],
+               "device_cut_budget": choice["device_cut_budget"],
+               "in_scope_coverage": f["in_scope_coverage"], "in_scope_accuracy": f["in_scope_accuracy"],
+               "in_scope_accuracy_without_rejection": plain["in_scope_accuracy"],
+               "rejection_cost": round(plain["in_scope_accuracy"] - f["in_scope_accuracy"], 4),
+               "teacher_in_scope_accuracy": teacher_in_scope_accuracy,
+               "in_scope_sent_to_cloud": f["in_scope_sent_to_cloud"], "sent_to_cloud": f["sent_to_cloud"],
+               "in_scope_rejected": f["in_scope_rejected"], "oos_recall": f["oos_recall"],
+               "clear_on_device": f["clear_on_device"]}
+        row["goals"] = goals(row, teacher_in_scope_accuracy)
+        # For comparison, not judged: the cloud rejects nothing it is sent; the device's cut gets
+        # the whole budget (the cloud's own cut above may use it less well than the device's score).
+        alone = dict(sel, cloud_rejects=np.zeros_like(sel["cloud_rejects"]))
+        alt_policy, _ = choose_policy(target, alone, temperature, score, oos_loss)
+        alt = figures(*simulate(rec["logits"], labels, alt_policy, rec, cloud_rejects=False), gold, clear)
+        row["device_rejects_only"] = {"oos_threshold": alt_policy.oos_threshold, "oos_recall": alt["oos_recall"],
+                                      "in_scope_accuracy": alt["in_scope_accuracy"],
+                                      "rejection_cost": round(plain["in_scope_accuracy"] - alt["in_scope_accuracy"], 4)}
+        rows.append(row)
+    return rows
+
+
+def replace_oos(policy):
+    """The same policy with nothing rejected by the device."""
+    from dataclasses import replace
+
+    return replace(policy, oos_threshold=None)
 
 
 # ---- one data set ---------------------------------------------------------------------------------
 
 def bench_dataset(name: str, work: Path, args) -> dict:
-    from edge.collab import calibrated_probs
-    from edge.predictor import OnnxPredictor
-    from models.calibration import calibrate, expected_calibration_error
-    from models.deferral import choose_oos_threshold, choose_threshold, make_policy
+    from dataclasses import replace
 
-    started = time.perf_counter()
+    from edge.collab import calibrated_probs, oos_score
+    from edge.predictor import OnnxPredictor
+    from edgeloop.config import CollabConfig
+    from models.calibration import calibrate, expected_calibration_error
+    from models.collab_night import edge_logits
+    from models.deferral import choose_oos_threshold
+
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     parts = load_parts(name, args.quick, args.n_cal)
     labels = parts["labels"]
     work = work / (name + ("-quick" if args.quick else ""))
@@ -301,11 +445,12 @@ def bench_dataset(name: str, work: Path, args) -> dict:
     n_sel, n_rep = len(cal["text"]), len(golden["text"])
     tp = {"sel": t_pred.predict_proba(sel_texts), "rep": t_pred.predict_proba(rep_texts),
           "train": t_pred.predict_proba(parts["train"]["text"])}
+    # The cloud's own calibration and cut, as the server applies them (log-probabilities as logits).
     t_cal = calibrate(np.log(np.clip(tp["sel"][:n_sel], 1e-12, None)), y_cal)
-    t_conf = {k: calibrated_probs(np.log(np.clip(v, 1e-12, None)), t_cal.temperature) for k, v in tp.items()}
+    t_conf_sel = calibrated_probs(np.log(np.clip(tp["sel"], 1e-12, None)), t_cal.temperature).max(1)
     t_ok_sel = tp["sel"][:n_sel].argmax(1) == y_cal
     t_ok_rep = tp["rep"][:n_rep].argmax(1) == y_gold
-    t_oos = choose_oos_threshold(t_conf["sel"].max(1)[:n_sel], t_ok_sel, t_conf["sel"].max(1)[n_sel:], args.oos_loss)
+    t_oos = choose_oos_threshold(t_conf_sel[:n_sel], t_ok_sel, t_conf_sel[n_sel:], args.oos_loss)
     res: dict = {"dataset": parts["dataset"], "split_hash": parts["split_hash"], "n_labels": len(labels),
                  "n_train": len(parts["train"]["text"]), "n_calibration": n_sel, "n_golden": n_rep,
                  "n_oos_train": len(parts["oos_train"]), "n_oos_val": len(parts["oos_val"]),
@@ -316,7 +461,7 @@ def bench_dataset(name: str, work: Path, args) -> dict:
     per_variant = {}
     for variant, info in infos.items():
         pred = OnnxPredictor(Path(info["folder"]) / "edge", threads=1)
-        z = {"sel": onnx_logits(pred, sel_texts), "rep": onnx_logits(pred, rep_texts),
+        z = {"sel": edge_logits(pred, sel_texts), "rep": edge_logits(pred, rep_texts),
              "sel_texts": sel_texts, "rep_texts": rep_texts, "train_teacher": tp["train"]}
         rep_cal = calibrate(z["sel"][:n_sel], y_cal)
         s_ok_sel, s_ok_rep = z["sel"][:n_sel].argmax(1) == y_cal, z["rep"][:n_rep].argmax(1) == y_gold
@@ -327,96 +472,145 @@ def bench_dataset(name: str, work: Path, args) -> dict:
             "golden_ece_after": round(expected_calibration_error(
                 calibrated_probs(z["rep"][:n_rep], rep_cal.temperature), y_gold), 4),
             "oos": compare_oos(scores, s_ok_sel, s_ok_rep, n_sel, n_rep, args.oos_loss),
-            "_z": z, "_scores": scores, "_ok_sel": s_ok_sel, "_ok_rep": s_ok_rep, "_pred": pred}
+            "_z": z, "_ok_sel": s_ok_sel, "_pred": pred}
         _log(f"[{name}] {variant}: acc {s_ok_rep.mean():.4f}, T {rep_cal.temperature:.3f}, "
              f"ECE {rep_cal.ece_before:.4f} -> {rep_cal.ece_after:.4f}; OOS " +
              ", ".join(f"{k} recall {v['oos_recall']:.3f} loss {v['in_scope_accuracy_loss']:.4f} auroc {v['auroc']:.3f}"
                        for k, v in per_variant[variant]["oos"].items()))
-    # The shipped choice: the best device-computable score by recall on the selection set.
-    best = max(((v, s) for v in per_variant for s in ("msp", "energy")),
-               key=lambda vs: (per_variant[vs[0]]["oos"][vs[1]]["sel_oos_recall"], per_variant[vs[0]]["oos"][vs[1]]["auroc"]))
-    variant, score = best
+
+    # The collaboration runs what the night ships: the student trained with outlier exposure and
+    # the configured device score (collab.oos_score), fixed before measuring, not picked on results.
+    variant, score = "kd+oe", CollabConfig().oos_score
     pv = per_variant[variant]
     temp = pv["calibration"]["temperature"]
-    conf_sel = calibrated_probs(pv["_z"]["sel"][:n_sel], temp).max(1)
-    deferral = choose_threshold(conf_sel, pv["_ok_sel"], args.target)
-    # Out-of-scope threshold for the collaboration: costs at most oos_loss of what the device+cloud gets right.
-    sys_ok_sel = np.where(conf_sel >= (deferral.threshold if deferral.threshold is not None else 2.0),
-                          pv["_ok_sel"], t_ok_sel & (t_conf["sel"][:n_sel].max(1) >= t_oos.threshold))
-    s_sel = pv["_scores"]["sel"][score]
-    oos_choice = choose_oos_threshold(s_sel[:n_sel], sys_ok_sel, s_sel[n_sel:], args.oos_loss)
-    policy = make_policy(temp, deferral, oos_choice, score)
-    _log(f"[{name}] policy: {policy.to_dict()}")
+    sel = {"z": pv["_z"]["sel"], "n": n_sel, "device_ok": pv["_ok_sel"], "cloud_ok": t_ok_sel,
+           "cloud_rejects": t_conf_sel[:n_sel] < t_oos.threshold}
+    policy, choice = choose_policy(args.target, sel, temp, score, args.oos_loss)
+    # The device alone gets its own cut, at the same budget of its own accuracy (as the night chooses it).
+    s_sel = oos_score(sel["z"], score, temp)
+    own = choose_oos_threshold(s_sel[:n_sel], sel["device_ok"], s_sel[n_sel:], args.oos_loss)
+    device_policy = replace(policy, oos_threshold=own.threshold)
+    _log(f"[{name}] policy: {policy.to_dict()}; device alone: oos_threshold {own.threshold}")
 
+    idx = np.arange(len(rep_texts))
+    if args.latency_rows and len(idx) > args.latency_rows:  # a random subset in smoke runs
+        idx = np.sort(np.random.default_rng(0).choice(len(idx), args.latency_rows, replace=False))
+    texts = [rep_texts[i] for i in idx]
+    gold = [golden["label"][i] if i < n_rep else None for i in idx]
     proc, url = start_cloud(teacher_onnx_dir, t_cal.temperature, t_oos.threshold)
     try:
-        idx = np.arange(len(rep_texts))
-        if args.latency_rows and len(idx) > args.latency_rows:  # a stratified subset in quick runs
-            idx = np.sort(np.random.default_rng(0).choice(len(idx), args.latency_rows, replace=False))
-        texts = [rep_texts[i] for i in idx]
-        gold = [golden["label"][i] if i < n_rep else None for i in idx]
-        systems = run_systems(texts, gold, pv["_pred"], labels, policy, url)
+        runs, rec = run_systems(texts, pv["_pred"], labels, policy, device_policy, url)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    p_rep = calibrated_probs(pv["_z"]["rep"][idx], temp)
-    on_device = p_rep.max(1) >= (deferral.threshold if deferral.threshold is not None else 2.0)
-    no_reject = [labels[i] for i in np.where(on_device, p_rep.argmax(1), tp["rep"][idx].argmax(1))]
-    clear = np.array([y is not None for y in gold]) & (t_conf["rep"][idx].max(1) >= 0.9)
-    res.update(systems_extra(systems, gold, clear, no_reject))
-    res["systems"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in systems.items()}
-    res["policy"] = policy.to_dict()
-    res["deferral_on_calibration"] = deferral.to_dict()
-    res["oos_choice"] = {"variant": variant, "score": score, **oos_choice.to_dict()}
-    res["variants"] = {v: {k: x for k, x in d.items() if not k.startswith("_")} for v, d in per_variant.items()}
-    res["target_sweep"] = target_sweep(pv, conf_sel, t_ok_rep, t_conf["rep"][:n_rep], n_rep, y_gold, temp)
-    res["n_systems_rows"] = len(texts)
-    res["wall_s"] = round(time.perf_counter() - started, 1)
+    in_scope = np.array([g is not None for g in gold])
+    clear = in_scope & (rec["confidence"] >= CLEAR_CONFIDENCE)
+    systems = {k: figures(r["routes"], r["answers"], r["sent"], gold, clear, np.array(r["ms"])) for k, r in runs.items()}
+    teacher_acc = systems["cloud"]["in_scope_accuracy"]
+    replay = simulate(rec["logits"], labels, policy, rec)
+    agree = float(np.mean([a == b for a, b in zip(zip(*replay[:2]), zip(runs["collab"]["routes"],
+                                                                          runs["collab"]["answers"]))]))
+    plain = figures(*simulate(rec["logits"], labels, replace_oos(policy), rec, cloud_rejects=False), gold, clear)
+    measured = {k: systems["collab"][k] for k in ("in_scope_accuracy", "in_scope_sent_to_cloud", "sent_to_cloud",
+                                                  "oos_recall", "clear_on_device", "in_scope_coverage",
+                                                  "in_scope_rejected")}
+    measured.update(target=args.target, threshold=policy.threshold,
+                    in_scope_accuracy_without_rejection=plain["in_scope_accuracy"],
+                    rejection_cost=round(plain["in_scope_accuracy"] - systems["collab"]["in_scope_accuracy"], 4))
+    res.update({
+        "systems": systems, "policy": policy.to_dict(), "choice_on_calibration": choice,
+        "device_alone_policy": device_policy.to_dict(), "device_alone_oos_choice": own.to_dict(),
+        "collab_student": variant, "collab_oos_score": score,
+        "goals_measured": {**measured, "teacher_in_scope_accuracy": teacher_acc, **goals(measured, teacher_acc)},
+        "replay_agreement": round(agree, 4), "clear_in_scope_messages": int(clear.sum()),
+        "target_sweep": sweep(sel, rec, labels, gold, clear, temp, score, args.oos_loss, teacher_acc),
+        "variants": {v: {k: x for k, x in d.items() if not k.startswith("_")} for v, d in per_variant.items()},
+        "n_systems_rows": len(texts), "wall_s": round(time.perf_counter() - started, 1),
+        "load_avg_1m": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}})
     return res
 
 
-def systems_extra(systems: dict, gold: list, clear: np.ndarray, no_reject: list[str]) -> dict:
-    """Goal figures: collaboration vs teacher, what rejection costs, clear messages kept on the device.
+# ---- report ---------------------------------------------------------------------------------------
 
-    ``no_reject``: the collaboration's answer had nothing been rejected (device intent above the
-    threshold, else the teacher's); ``clear``: in-scope messages the teacher is sure of (>= 0.9).
-    """
-    g = np.array([x is not None for x in gold])
-    collab, cloud = systems["collab"], systems["cloud"]
-    in_acc_no_reject = float(np.mean([a == y for a, y, m in zip(no_reject, gold, g) if m]))
-    kept = np.array(collab["_routes"]) == "device"
-    return {"goals": {
-        "collab_in_scope_accuracy": collab.get("in_scope_accuracy"),
-        "teacher_in_scope_accuracy": cloud.get("in_scope_accuracy"),
-        "collab_at_least_teacher": collab.get("in_scope_accuracy", 0) >= cloud.get("in_scope_accuracy", 1),
-        "collab_cloud_share": collab["cloud_share"], "cloud_share_at_most_0.30": collab["cloud_share"] <= 0.30,
-        "collab_oos_recall": collab.get("oos_recall"),
-        "collab_in_scope_accuracy_without_rejection": round(in_acc_no_reject, 4),
-        "collab_rejection_cost": round(in_acc_no_reject - collab.get("in_scope_accuracy", 0), 4),
-        "device_oos_recall": systems["device"].get("oos_recall"),
-        "clear_in_scope_messages": int(clear.sum()),
-        "clear_kept_on_device": round(float(kept[clear].mean()), 4) if clear.any() else None}}
+def _f(v, nd: int = 4) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
 
 
-def target_sweep(pv: dict, conf_sel: np.ndarray, t_ok_rep: np.ndarray, t_conf_rep: np.ndarray, n_rep: int,
-                 y_gold: np.ndarray, temp: float) -> list[dict]:
-    """In scope, no rejection: thresholds chosen on calibration for several targets, measured on golden."""
-    from edge.collab import calibrated_probs
-    from models.deferral import choose_threshold
+def readme_lines(results: dict) -> list[str]:
+    """The generated part of benchmarks/README.md's collab section."""
+    ds = results["datasets"]
+    loads = [x for d in ds.values() for x in d["load_avg_1m"].values()]
+    lines = [(f"Measured {results['measured_at']} on {os.cpu_count()} CPUs (shared; load average "
+              f"{min(loads):.1f}-{max(loads):.1f}), teachers and students cached (`--work`), "
+              f"{sum(d['wall_s'] for d in ds.values()) / 60:.0f} min in all; measured run at target "
+              f"{results['settings']['target']}, one message at a time, golden + `oos_test`."), "",
+             ("| data set | system | in-scope acc | acc (all; a rejected oos text is right) | answered on device "
+              "| sent to cloud (in scope / all) | rejected in scope | OOS recall | p50 / p95 ms |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    names = {"device": "device alone", "cloud": "cloud alone (teacher)", "collab": "collaborative"}
+    for d in ds.values():
+        for k in SYSTEMS:
+            s = d["systems"][k]
+            lines.append(f"| {d['dataset']['name']} | {names[k]} | {_f(s['in_scope_accuracy'])} | {_f(s['accuracy'])} "
+                         f"| {_f(s['coverage'])} | {_f(s['in_scope_sent_to_cloud'])} / {_f(s['sent_to_cloud'])} "
+                         f"| {_f(s['in_scope_rejected'])} | {_f(s['oos_recall'])} "
+                         f"| {_f(s['p50_ms'], 2)} / {_f(s['p95_ms'], 2)} |")
+    lines += ["", ("Target sweep (thresholds chosen on the calibration slice, replayed on the measured run's "
+                   "device logits and cloud replies; coverage: in-scope share at or above the threshold, "
+                   "before rejection; goals: (a) in-scope accuracy ≥ the cloud alone's and ≤ "
+                   f"{MAX_CLOUD_SHARE:.0%} of in-scope messages sent, (b) OOS recall ≥ {MIN_OOS_RECALL} at ≤ "
+                   f"{MAX_REJECTION_COST * 100:.0f} point of in-scope accuracy lost to rejection, (c) ≥ "
+                   f"{CLEAR_ON_DEVICE:.0%} of clear in-scope messages answered on the device):"), "",
+              ("| data set | target | threshold | coverage slice / golden | in-scope acc (cloud alone) "
+               "| without rejection | rejection cost | sent in scope / all | OOS recall | clear on device | a / b / c |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no"}
+    for d in ds.values():
+        for r in d["target_sweep"]:
+            g = r["goals"]
+            lines.append(f"| {d['dataset']['name']} | {r['target']} | {_f(r['threshold'])} | "
+                         f"{_f(r['coverage_calibration'], 3)} / {_f(r['coverage_golden'], 3)} | "
+                         f"{_f(r['in_scope_accuracy'])} ({_f(r['teacher_in_scope_accuracy'])}) | "
+                         f"{_f(r['in_scope_accuracy_without_rejection'])} | {_f(r['rejection_cost'])} | "
+                         f"{_f(r['in_scope_sent_to_cloud'], 3)} / {_f(r['sent_to_cloud'], 3)} | {_f(r['oos_recall'], 3)} | "
+                         f"{_f(r['clear_on_device'], 3)} | {yes[g['a']]} / {yes[g['b']]} / {yes[g['c_clear_on_device']]} |")
+    lines.append("")
+    for d in ds.values():
+        lines.append(f"- {d['dataset']['name']}, the same but only the device rejects (the cloud answers all it is "
+                     "sent, the device's cut gets the whole budget; not judged), target: OOS recall / rejection "
+                     "cost / in-scope acc: " + "; ".join(
+                         f"{r['target']}: {_f(r['device_rejects_only']['oos_recall'], 3)} / "
+                         f"{_f(r['device_rejects_only']['rejection_cost'])} / "
+                         f"{_f(r['device_rejects_only']['in_scope_accuracy'])}" for r in d["target_sweep"]))
+    for d in ds.values():
+        t, v = d["teacher"], d["variants"]
+        lines.append(f"- {d['dataset']['name']}: {d['n_golden']} golden + {d['n_oos_test']} `oos_test`, "
+                     f"{d['n_calibration']} slice + {d['n_oos_val']} `oos_val`; teacher golden accuracy "
+                     f"{t['golden_accuracy']:.4f} (T {t['calibration']['temperature']:.2f}); students kd / kd+oe "
+                     f"{v['kd']['golden_accuracy']:.4f} / {v['kd+oe']['golden_accuracy']:.4f} (golden ECE kd+oe "
+                     f"{v['kd+oe']['golden_ece_before']:.3f} → {v['kd+oe']['golden_ece_after']:.3f}); replayed "
+                     f"= measured on {d['replay_agreement']:.2%} of messages; {d['clear_in_scope_messages']} clear "
+                     f"in-scope messages; the device alone's OOS scores, cut at ≤ {results['settings']['oos_loss']} "
+                     "in-scope accuracy loss on the slice, OOS recall / loss on golden + `oos_test` (kd → kd+oe): "
+                     + "; ".join(
+                         f"{s} {v['kd']['oos'][s]['oos_recall']:.3f} / {v['kd']['oos'][s]['in_scope_accuracy_loss']:.3f}"
+                         f" → {v['kd+oe']['oos'][s]['oos_recall']:.3f} / {v['kd+oe']['oos'][s]['in_scope_accuracy_loss']:.3f}"
+                         for s in OOS_SCORES))
+    return lines
 
-    p = calibrated_probs(pv["_z"]["rep"][:n_rep], temp)
-    conf, ok = p.max(1), p.argmax(1) == y_gold
-    rows = []
-    for target in TARGETS:
-        c = choose_threshold(conf_sel, pv["_ok_sel"], target)
-        dev = conf >= (c.threshold if c.threshold is not None else 2.0)
-        system_ok = np.where(dev, ok, t_ok_rep)
-        rows.append({"target": target, "threshold": c.threshold, "coverage_calibration": round(c.coverage, 4),
-                     "coverage_golden": round(float(dev.mean()), 4),
-                     "device_accuracy_answered": round(float(ok[dev].mean()), 4) if dev.any() else None,
-                     "system_accuracy": round(float(system_ok.mean()), 4),
-                     "teacher_accuracy": round(float(t_ok_rep.mean()), 4), "cloud_share": round(float(1 - dev.mean()), 4)})
-    return rows
+
+def update_readme(lines: list[str]) -> None:
+    """Replace the generated block inside benchmarks/README.md's collab section (or append one)."""
+    readme = ROOT / "benchmarks" / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- collab:results:start -->", "<!-- collab:results:end -->"
+    block = "\n".join([start, *lines, end])
+    if start in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = (text.rstrip() + "\n\n<!-- collab:start -->\n## End and cloud together (issue 11)\n\n" + block
+                + "\n<!-- collab:end -->\n")
+    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -424,18 +618,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", choices=["bitext", "clinc150", "all"], default="all")
     ap.add_argument("--work", default=str(ROOT / "var" / "bench-collab"), help="cache of teachers and students")
     ap.add_argument("--quick", action="store_true", help="small subsets (smoke run)")
-    ap.add_argument("--target", type=float, default=0.98, help="collab.target_accuracy")
-    ap.add_argument("--oos-loss", type=float, default=0.01, help="in-scope accuracy the rejection may cost")
+    ap.add_argument("--target", type=float, default=0.98, help="collab.target_accuracy of the measured run")
+    ap.add_argument("--oos-loss", type=float, default=0.01, help="in-scope accuracy all rejection may cost")
     ap.add_argument("--oe-share", type=float, default=0.15, help="share of outlier rows in the transfer set")
     ap.add_argument("--n-cal", type=int, default=1500, help="calibration slice rows (from the unused stream)")
     ap.add_argument("--latency-rows", type=int, default=0, help="run the systems on this many rows (0 = all)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's generated collab block")
     args = ap.parse_args(argv)
+    if args.target not in TARGETS:
+        ap.error(f"--target must be one of the sweep's targets {TARGETS}")
     import logging
 
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "transformers"):
+    for noisy in ("httpx", "urllib3", "transformers", "edge.cloud"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -443,14 +640,18 @@ def main(argv: list[str] | None = None) -> None:
     out_path = RESULTS / ("collab-quick.json" if args.quick else "collab.json")
     results = json.loads(out_path.read_text()) if out_path.exists() else {}
     results.setdefault("datasets", {})
-    results["settings"] = {k: v for k, v in vars(args).items() if k != "work"}
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("work", "no_readme")}
     for name in names:
         results["datasets"][name] = bench_dataset(name, Path(args.work), args)
+        results["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(results, indent=1, default=float))
         _log(f"[{name}] systems: " + json.dumps(results["datasets"][name]["systems"]))
-        _log(f"[{name}] goals: " + json.dumps(results["datasets"][name]["goals"]))
+        _log(f"[{name}] goals at {args.target}: " + json.dumps(results["datasets"][name]["goals_measured"]))
     _log(f"wrote {out_path}")
+    if not (args.quick or args.no_readme or args.latency_rows) and set(results["datasets"]) >= {"bitext", "clinc150"}:
+        update_readme(readme_lines(results))
+        _log("updated benchmarks/README.md (collab section, generated block)")
 
 
 if __name__ == "__main__":
