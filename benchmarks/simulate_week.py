@@ -67,8 +67,8 @@ QUICK = {"dataset.max_rows": "3000", "dataset.seed_fraction": "0.1", "dataset.st
          "gate.min_invariance": "0.8", "gate.min_functionality": "0.5", "gate.min_directional": "0.7",
          # OOS recall is measured and reported, not gated, in this week: the default floor (0.8) is for
          # a student of the full data (bench_collab: 0.93 on 1,300 rows); night 1's student of this
-         # 300-row seed measured 0.37, 0.56 and 0.59 on oos_test in three runs, so any floor either
-         # blocks night 1 (nothing ships, no week) or does so at random. Coverage is what the week
+         # 300-row seed measured 0.37-0.71 on oos_test in five runs, so any floor either blocks
+         # night 1 (nothing ships, no week) or does so at random. Coverage is what the week
          # measures; its gate check (no drop beyond collab.max_coverage_drop) stays as configured.
          "collab.min_oos_recall": "0"}
 
