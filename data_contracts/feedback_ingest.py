@@ -120,7 +120,7 @@ def _store_feedback(lake: Lake, accepted: pd.DataFrame, labels: list[str], now: 
         report.corrections_added = lake.append_corrections(pd.DataFrame({
             "message_id": corrected["message_id"].astype(str).values,
             "gold_label": corrected["corrected_label"].astype(str).values,
-            "at": pd.to_datetime(corrected["at"], utc=True, format="ISO8601").values}))
+            "at": list(pd.to_datetime(corrected["at"], utc=True, format="ISO8601"))}))
     report.events_added = len(lake.append_feedback(accepted))  # last: it marks the events as done
 
 

@@ -205,14 +205,18 @@ class Lake(TeacherOutputs, Ledger):
 
     # ---- gold label corrections (from feedback) -----------------------------
     def append_corrections(self, df: pd.DataFrame) -> int:
-        """Record gold labels learnt after ingestion (``message_id, gold_label, at``)."""
+        """Record gold labels learnt after ingestion (``message_id, gold_label, at``; ``at`` is
+        stored in UTC, a time without a zone taken as UTC)."""
         if df.empty:
             return 0
-        self._write_part(self._path("corrections"), df[["message_id", "gold_label", "at"]])
+        df = df[["message_id", "gold_label", "at"]].assign(at=pd.to_datetime(df["at"], utc=True))
+        self._write_part(self._path("corrections"), df)
         return len(df)
 
     def corrections(self) -> pd.DataFrame:
-        return self._read_parts(self._path("corrections"), ["message_id", "gold_label", "at"])
+        """Every correction, ``at`` in UTC (parts written without a zone are read as UTC)."""
+        df = self._read_parts(self._path("corrections"), ["message_id", "gold_label", "at"])
+        return df.assign(at=pd.to_datetime(df["at"], utc=True)) if len(df) else df
 
     def training_messages(self) -> pd.DataFrame:
         """Messages with gold labels updated by the latest correction for each message."""

@@ -111,6 +111,12 @@ def _outside(rows: pd.DataFrame, share: float) -> pd.DataFrame:
     return rows[~in_calibration_slice(rows["message_id"], share)] if share and len(rows) else rows
 
 
+def _utc(value) -> pd.Timestamp:
+    """A cut-off as a UTC timestamp (a mark written without a zone means UTC)."""
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
 def select_rows(lake: Lake, teacher_key: str, cfg: StudentConfig, kind: str, mark: dict | None,
                 seed: int, exclude_share: float = 0.0) -> pd.DataFrame:
     """The night's training rows: :data:`ROW_COLUMNS` + ``probs, label, role`` (new / gold / replay).
@@ -123,8 +129,8 @@ def select_rows(lake: Lake, teacher_key: str, cfg: StudentConfig, kind: str, mar
     if kind != "bounded":
         rows = _labelled(lake, teacher_key, _outside(lake.messages(columns=ROW_COLUMNS), exclude_share))
         return _with_corrections(rows, corrections).assign(role="new").reset_index(drop=True)
-    cut = pd.Timestamp(mark["trained_through"])
-    fixed_after = pd.Timestamp(mark.get("corrections_through") or cut)
+    cut = _utc(mark["trained_through"])
+    fixed_after = _utc(mark.get("corrections_through") or cut)
     parts = lake.partitions()
     # A day's margin: a partition is named by the arrival date in the writer's timezone, cut-offs are UTC.
     new = lake.messages(dates=[d for d in parts if d >= f"{cut - pd.Timedelta(days=1):%Y-%m-%d}"],

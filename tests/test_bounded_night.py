@@ -93,6 +93,22 @@ def test_corrected_rows_count_as_new_with_their_corrected_label(tmp_path):
     assert rows["message_id"].tolist() == [old] and rows["gold_label"].tolist() == ["c"]
 
 
+def test_corrections_stored_without_a_zone_on_the_first_night_after_them(tmp_path):
+    """Corrections written with naive UTC times (as older lakes hold them) and a champion whose
+    mark has no corrections_through yet: the bounded night compares them in UTC, no TypeError."""
+    from models.replay import select_rows
+
+    lake = _synthetic_lake(tmp_path, 6)
+    cut = pd.Timestamp(DAY0 + timedelta(days=5))
+    old = message_id("day 2 row 0")
+    naive = (cut + timedelta(hours=1)).tz_convert("UTC").tz_localize(None).to_datetime64()
+    lake._write_part(lake._path("corrections"), pd.DataFrame({"message_id": [old], "gold_label": ["c"], "at": [naive]}))
+    assert str(lake.corrections()["at"].dt.tz) == "UTC"
+    cfg = TINY.model_copy(update={"replay_size": 0})
+    rows = select_rows(lake, "v1", cfg, "bounded", {"trained_through": cut.isoformat()}, seed=0)
+    assert rows["message_id"].tolist() == [old] and rows["gold_label"].tolist() == ["c"]
+
+
 def test_training_kind_rules():
     from models.replay import training_kind
 
