@@ -40,19 +40,22 @@ QUICK = {"dataset.max_rows": "1500", "dataset.seed_fraction": "0.4", "teacher.ep
          "collab.min_oos_recall": "0.0", "collab.max_coverage_drop": "1.0"}
 
 
-def _env(home: Path, **extra: str) -> dict:
+def _env(home: Path, inbox: bool = True, **extra: str) -> dict:
+    """This home's environment only (none of the caller's EDGELOOP/PREFECT/MLFLOW settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "PREFECT_", "MLFLOW_"))}
     return {**env, "EDGELOOP_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-            "EDGELOOP__ARRIVALS__INBOX": str(home / "inbox"), **extra}
+            **({"EDGELOOP__ARRIVALS__INBOX": str(home / "inbox")} if inbox else {}), **extra}
 
 
-def cli(home: Path, *args: str, settings: dict, timeout: float = 900, **env: str) -> tuple[int, str]:
-    """Run ``edgeloop`` in its own process group (killed whole afterwards); (exit code, output)."""
+def cli(home: Path, *args: str, settings: dict, timeout: float = 900, inbox: bool = True,
+        **env: str) -> tuple[int, str]:
+    """Run ``edgeloop`` in its own process group (killed whole afterwards); (exit code, output).
+    ``inbox``: the home's inbox is the night's arrival source (else the configured sources)."""
     sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
     log = home / f"cli-{len(list(home.glob('cli-*.log'))):03d}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, *sets], cwd=ROOT, env=_env(home, **env),
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, *sets], cwd=ROOT, env=_env(home, inbox, **env),
                                 stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             proc.wait(timeout=timeout)

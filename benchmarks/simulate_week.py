@@ -50,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.simulate_month import _env as month_env
+from benchmarks.simulate_month import cli as month_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DEVICE_ID = "dev-week0001"
@@ -79,27 +82,12 @@ def _log(msg: str) -> None:
 
 def _env(home: Path) -> dict:
     """The environment of the CLI and the cloud: this home only (no inbox: the stream is replayed)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "PREFECT_", "MLFLOW_"))}
-    return {**env, "EDGELOOP_HOME": str(home), "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    return month_env(home, inbox=False)
 
 
 def cli(home: Path, *args: str, settings: dict, timeout: float = 1800) -> tuple[int, str]:
     """``edgeloop`` in its own process group (killed whole afterwards); (exit code, output)."""
-    sets = [a for k, v in settings.items() for a in ("--set", f"{k}={v}")]
-    log = home / f"cli-{len(list(home.glob('cli-*.log'))):03d}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *args, *sets], cwd=ROOT, env=_env(home),
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(10)
-    return proc.returncode, log.read_text()
+    return month_cli(home, *args, settings=settings, timeout=timeout, inbox=False)
 
 
 def night(home: Path, day: str, settings: dict) -> tuple[dict, float]:

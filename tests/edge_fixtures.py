@@ -8,6 +8,8 @@ Models are built once per test session, whichever test module asks first.
 from __future__ import annotations
 
 import json
+import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -101,3 +103,16 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     i = len(data) // 2 if offset is None else offset
     data[i] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str) -> dict:
+    """GET ``url`` and parse its JSON body (5 s timeout)."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())

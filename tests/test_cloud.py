@@ -21,22 +21,12 @@ import pytest
 from edge.cloud import CloudClient, answer, make_request
 from edge.collab import CollabPolicy
 from edge.predictor import OnnxPredictor
-from edge_fixtures import LABELS, edge_model_dirs  # noqa: F401
+from edge_fixtures import LABELS, edge_model_dirs, free_port  # noqa: F401
+from edge_fixtures import get_json as _get
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["where is my order {ORDER_ID}", "i want a refund", "cancel my order please", "track my package",
          "give me my money back", "stop the order", "when will it arrive", "refund the payment"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def _post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
@@ -55,7 +45,7 @@ def start_server(edge_model_dirs):  # noqa: F811
     procs = []
 
     def start(*flags: str, env: dict | None = None) -> str:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "models.cloud_server", "--model-dir", str(edge_model_dirs["v1"]),
              "--teacher-version", "t1", "--port", str(port), "--threads", "1", *flags],
@@ -152,7 +142,7 @@ def test_timeout_saturation_and_token(start_server):
 
 
 def test_unreachable_and_silent_clouds_give_none_quickly():
-    closed = CloudClient(f"http://127.0.0.1:{_free_port()}", timeout_s=1)
+    closed = CloudClient(f"http://127.0.0.1:{free_port()}", timeout_s=1)
     assert closed.classify(["hello"]) is None and closed.last_error.startswith("unreachable")
     with socket.socket() as silent:  # accepts connections (backlog) but never answers
         silent.bind(("127.0.0.1", 0))
@@ -175,7 +165,7 @@ def test_device_answer_per_route(batching_server, start_server):
     assert b.label in labels and b.latency_ms >= b.cloud_ms
     c = answer("what is the weather in paris", lost, labels, policy, cloud)
     assert (c.route, c.label, c.deferred) == ("rejected", None, False)
-    down = CloudClient(f"http://127.0.0.1:{_free_port()}", timeout_s=0.5)
+    down = CloudClient(f"http://127.0.0.1:{free_port()}", timeout_s=0.5)
     d = answer("i want a refund", unsure, labels, policy, down)
     assert (d.route, d.label, d.deferred) == ("device", "track_order", True)
     assert d.flag.startswith("cloud_unreachable: unreachable")

@@ -25,24 +25,14 @@ from edge.feedback import DEFERRAL_SUFFIX, message_id
 from edge.patch import base_outputs
 from edge.predictor import OnnxPredictor
 from models.bundle import build_bundle, load_signing_key, publish_channel, sign_manifest
-from edge_fixtures import LABELS, edge_model_dirs, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import LABELS, edge_model_dirs, free_port, make_bundle, signing_keys  # noqa: F401
+from edge_fixtures import get_json as _get
 
 ROOT = Path(__file__).resolve().parent.parent
 # Candidates for the three roles; the policy is cut from the tiny model's own logits for them.
 CANDIDATES = ["where is my order", "i want a refund", "cancel my order", "track my package please",
               "give me my money back", "stop the order hello", "when will my order arrive", "refund the payment",
               "please cancel the order now", "hello", "money", "arrive please"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
 
 
 def _policy_and_roles(model_dir: Path) -> tuple[CollabPolicy, dict[str, str]]:
@@ -71,7 +61,7 @@ def _collab_bundle(model_dir: Path, root: Path, version: str, private: Path, pol
 @pytest.fixture(scope="module")
 def cloud(edge_model_dirs):  # noqa: F811
     """A real cloud server process serving v2 as the teacher ("t7"), and its base URL."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "models.cloud_server", "--model-dir", str(edge_model_dirs["v2"]),
                              "--teacher-version", "t7", "--host", "127.0.0.1", "--port", str(port), "--threads", "1",
                              "--max-wait-ms", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -164,7 +154,7 @@ def test_clear_device_unsure_cloud_out_of_scope_rejected(world, cloud, edge_mode
 def test_cloud_down_or_silent_answers_locally_and_flags(world, edge_model_dirs):  # noqa: F811
     t = world["texts"]
     local = OnnxPredictor(edge_model_dirs["v1"]).predict([t["unsure"]])[0][0]
-    down = world["device"](f"http://127.0.0.1:{_free_port()}", "dev-down", timeout=0.5)
+    down = world["device"](f"http://127.0.0.1:{free_port()}", "dev-down", timeout=0.5)
     p = down.predict(t["unsure"])
     assert (p.route, p.deferred, p.label, p.cloud_ms) == ("device", True, local, None)
     assert p.flag.startswith("cloud_unreachable: unreachable")
@@ -321,7 +311,7 @@ def test_deferred_messages_come_home_once_and_are_relabelled_first(world, cloud,
 def test_cloud_without_a_registered_teacher_starts_and_says_so(world, tmp_path):
     """What `make up` starts on a fresh home: the server answers, says no_teacher, classify is 503,
     and a device pointed at it answers locally, flagged."""
-    port, home = _free_port(), tmp_path / "fresh-home"
+    port, home = free_port(), tmp_path / "fresh-home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGELOOP", "MLFLOW_"))}
     env.update(EDGELOOP_HOME=str(home), EDGELOOP__COLLAB__CLOUD_URL=f"http://127.0.0.1:{port}")
     printed = subprocess.run([sys.executable, "-m", "models.cloud_server", "--print-url"], cwd=ROOT, env=env,
