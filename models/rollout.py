@@ -181,6 +181,8 @@ def check_promotable(store: StudentStore, version: str, reason: str, override_fa
 def promote(store: StudentStore, version: str, reason: str, by: str, *, override_failed_gate: bool = False,
             edge_dir: str | Path | None = None) -> dict:
     """Make ``version`` the champion and publish it to ``canary`` (the order is in the module doc).
+    With no ``stable`` channel yet there is nothing to canary against: the first promotion is also
+    released to ``stable`` at once, so devices of every cohort have a model after the first night.
 
     Refused (:class:`PromotionRefused`) before any file is written when the rules forbid it; a
     failed-gate version needs ``override_failed_gate`` and a reason, and the override is recorded
@@ -201,7 +203,10 @@ def promote(store: StudentStore, version: str, reason: str, by: str, *, override
     entry = registry.move_champion(store.tracking_uri, store.home, store.name, version, why=reason, by=by,
                                    action="promote", **extra)
     channel = _publish(store, CANARY, version, reason)
-    return {"promotion": entry, "bundle": str(folder), "channel": channel, "overridden": overridden}
+    out = {"promotion": entry, "bundle": str(folder), "channel": channel, "overridden": overridden}
+    if channel_version(store, STABLE) is None:
+        out["released"] = release(store, version, f"first release: no stable channel yet ({reason})", by)
+    return out
 
 
 def release(store: StudentStore, version: str, reason: str, by: str) -> dict:

@@ -215,7 +215,7 @@ def test_a_second_machine_reads_the_promotion_history_from_the_registry(settings
     rollout.promote(store, v2, "better on refunds", "bob")
     rollout.rollback(store, "complaints about refunds", "carol")
     here = registry.read_history(settings.home_path(), NAME)  # the local file
-    assert [h["action"] for h in here] == ["promote", "promote", "rollback"]
+    assert [h["action"] for h in here] == ["promote", "stable", "promote", "rollback"]  # v1 was the first release
 
     other_home = tmp_path / "other-home"  # a second machine: empty home, the same tracking server
     other = load_settings(overrides={"home": str(other_home), "mlflow": {"tracking_uri": uri}}, environ={})
@@ -226,16 +226,17 @@ def test_a_second_machine_reads_the_promotion_history_from_the_registry(settings
 
     tags = {v: registry.version_tags(uri, NAME, v) for v in (v1, v2)}
     assert json.loads(tags[v1]["promotion.0001"])["by"] == "alice"
-    assert json.loads(tags[v2]["promotion.0002"])["why"] == "better on refunds"
-    assert json.loads(tags[v1]["promotion.0003"])["action"] == "rollback"
+    assert json.loads(tags[v1]["promotion.0002"])["action"] == "stable"
+    assert json.loads(tags[v2]["promotion.0003"])["why"] == "better on refunds"
+    assert json.loads(tags[v1]["promotion.0004"])["action"] == "rollback"
     description = registry.client(uri).get_registered_model(NAME).description
     assert "**rollback** v2 → v1 by carol: complaints about refunds" in description
 
     # An entry written without the URI stays local: this machine merges it in time order.
     registry.append_history(settings.home_path(), NAME, action="stable", from_version=None, to_version=v1,
                             why="healthy", by="nightly")
-    assert [h["action"] for h in store.history()] == ["promote", "promote", "rollback", "stable"]
-    assert len(registry.read_history(other_home, NAME, uri)) == 3
+    assert [h["action"] for h in store.history()] == ["promote", "stable", "promote", "rollback", "stable"]
+    assert len(registry.read_history(other_home, NAME, uri)) == 4
 
 
 def test_the_teacher_loads_with_mlflow_pyfunc(settings, fluent, tmp_path):  # noqa: F811

@@ -144,8 +144,9 @@ def test_cli_promote_rollback_history(settings, edge_model_dirs, monkeypatch, ca
     capsys.readouterr()
     assert main(["history", "--json", *sets]) == 0
     history = json.loads(capsys.readouterr().out)
-    assert [h["action"] for h in history] == ["promote", "promote", "rollback"]
-    assert history[1]["override_failed_gate"] and history[2]["by"] == "carol"
+    # the first promotion is also the first release (no stable channel to canary against)
+    assert [h["action"] for h in history] == ["promote", "stable", "promote", "rollback"]
+    assert history[2]["override_failed_gate"] and history[3]["by"] == "carol"
 
 
 def test_model_card_shows_the_promotion_history():

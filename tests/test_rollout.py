@@ -55,8 +55,9 @@ def test_version_names():
 
 def test_healthy_canary_becomes_stable(settings, edge_model_dirs, store):  # noqa: F811
     v1, v2 = register(settings, edge_model_dirs["v1"]), register(settings, edge_model_dirs["v2"])
-    rollout.promote(store, v1, "first", "alice")
-    assert canary.settle_canary(store, settings.bundle, _feedback(), "night")["action"] == "release"  # first release
+    first = rollout.promote(store, v1, "first", "alice")  # no stable channel yet: released at once
+    assert first["released"] and channels(settings) == {"canary": "v1", "stable": "v1"}
+    assert canary.settle_canary(store, settings.bundle, _feedback(), "night")["action"] == "none"
     rollout.promote(store, v2, "gate passed", "nightly")
     assert channels(settings) == {"canary": "v2", "stable": "v1"}
     fb = _feedback(_events("v2", 12, 11), _events("v1", 40, 36))
