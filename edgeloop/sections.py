@@ -143,11 +143,13 @@ class GateConfig(_Section):
 
     min_accuracy: float = Field(0.85, ge=0, le=1)
     min_macro_f1: float = Field(0.85, ge=0, le=1)
-    # Candidate vs champion, paired on the same golden texts (models/significance.py): a drop blocks
-    # only when it is significant (one-sided exact McNemar; Holm across intents) AND at least this large.
+    # Candidate vs champion, paired on the same golden texts (models/significance.py): overall, a drop
+    # blocks when its one-sided (1 - alpha) upper bound exceeds min_regression; per intent, when it is
+    # significant (exact McNemar, Tarone across intents) and at least min_intent_regression.
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired tests (family-wise "
-                         "across intents, Holm).")
-    min_regression: float = Field(0.01, ge=0, le=1, description="Smallest overall accuracy drop worth blocking for.")
+                         "across intents, Tarone) and 1 - the level of the overall bound.")
+    min_regression: float = Field(0.01, ge=0, le=1, description="Smallest overall accuracy drop worth blocking for: "
+                                  "blocks only when the data show a drop at least this large.")
     min_intent_regression: float = Field(0.10, ge=0, le=1, description="Smallest per-intent accuracy "
                                          "(recall) drop worth blocking for.")
     bootstrap_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples for the reported CIs.")

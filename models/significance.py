@@ -59,18 +59,6 @@ def mcnemar_worse(worse: int, better: int) -> float:
     return float(binom.sf(worse - 1, n, 0.5))
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (step-down, monotone), in the input's order."""
-    m = len(p_values)
-    order = np.argsort(p_values)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted.tolist()
-
-
 def tarone(p_values: Sequence[float], min_p_values: Sequence[float], alpha: float) -> tuple[list[float], int]:
     """Tarone's (1990) Bonferroni correction for discrete tests: (adjusted p-values, K).
 
