@@ -309,13 +309,10 @@ def night(home: Path, root: Path, full_retrain: bool, threads: int, warm_epochs:
     stream_acc = teacher_stream_accuracy(split, lake.labels(ref.cache_key, ["message_id", "label"]))
     lap("evaluate")
     # The night's collab step (tasks/collab.py without MLflow): calibration slice, policy, OOS cut.
-    from models.collab_data import calibration_slice, out_of_scope
-    from models.collab_night import run_collab
+    from models.collab_night import collab_step
 
-    cal = calibration_slice(lake, ref.cache_key, settings.collab.calibration_share)
-    collab = run_collab(settings.collab, (cal["text"].tolist(), cal["label"].tolist()), golden,
-                        root / "work" / "candidate" / "edge", ("bench", champ / "edge", None),
-                        out_of_scope(settings.collab))
+    collab = collab_step(settings.collab, lake, ref.cache_key, golden, root / "work" / "candidate" / "edge",
+                         ("bench", champ / "edge", None))
     lap("collab")
     t["night"] = round(sum(v for k, v in t.items() if k != "setup"), 2)
     cpu["night"] = round(sum(v for k, v in cpu.items() if k != "setup"), 2)

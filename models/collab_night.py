@@ -149,6 +149,27 @@ def _indices(labels: list[str], names: list[str]) -> tuple[np.ndarray, np.ndarra
     return keep, np.array([index[labels[i]] for i in keep], dtype=np.int64)
 
 
+def _deferral(model, golden: tuple[list[str], list[str]], temperature: float, target: float
+              ) -> tuple[np.ndarray, np.ndarray, DeferralChoice]:
+    """(golden logits, which are right, the threshold choice) of one edge model at ``temperature``."""
+    texts, labels = golden
+    z = edge_logits(model, texts)
+    ok = np.array([model.labels[i] == y for i, y in zip(z.argmax(1), labels)])
+    return z, ok, choose_threshold(calibrated_probs(z, temperature).max(1), ok, target)
+
+
+def collab_step(cfg: CollabConfig, lake, teacher_key: str, golden: tuple[list[str], list[str]],
+                candidate_edge: str | Path, champion: tuple[str, str | Path, CollabPolicy | None] | None = None
+                ) -> CollabNight:
+    """The night's step from its lake: the calibration slice (teacher ``teacher_key``'s labels) and
+    the configured out-of-scope lists, then :func:`run_collab`."""
+    from models.collab_data import calibration_slice, out_of_scope
+
+    cal = calibration_slice(lake, teacher_key, cfg.calibration_share)
+    return run_collab(cfg, (cal["text"].tolist(), cal["label"].tolist()), golden, candidate_edge, champion,
+                      out_of_scope(cfg))
+
+
 def run_collab(cfg: CollabConfig, calibration: tuple[list[str], list[str]], golden: tuple[list[str], list[str]],
                candidate_edge: str | Path, champion: tuple[str, str | Path, CollabPolicy | None] | None = None,
                oos: OutOfScope | None = None) -> CollabNight:
@@ -170,19 +191,13 @@ def run_collab(cfg: CollabConfig, calibration: tuple[list[str], list[str]], gold
         report, note = calibrate(z_cal, y_cal), ""
     temperature = report.temperature if report is not None else 1.0
 
-    g_texts, g_labels = golden
-    z_gold = edge_logits(model, g_texts)
-    ok_gold = np.array([names[i] == y for i, y in zip(z_gold.argmax(1), g_labels)])
-    deferral = choose_threshold(calibrated_probs(z_gold, temperature).max(1), ok_gold, cfg.target_accuracy)
+    z_gold, ok_gold, deferral = _deferral(model, golden, temperature, cfg.target_accuracy)
 
     champ = None
     if champion is not None:
         version, edge, policy = champion
-        other = OnnxPredictor(edge)
-        z_c = edge_logits(other, g_texts)
         t_c = policy.temperature if policy is not None else 1.0
-        ok_c = np.array([other.labels[i] == y for i, y in zip(z_c.argmax(1), g_labels)])
-        chosen = choose_threshold(calibrated_probs(z_c, t_c).max(1), ok_c, cfg.target_accuracy)
+        chosen = _deferral(OnnxPredictor(edge), golden, t_c, cfg.target_accuracy)[2]
         champ = {"version": version, "temperature": t_c, "coverage": chosen.coverage, "threshold": chosen.threshold}
 
     result = CollabNight(make_policy(temperature, deferral, None, cfg.oos_score), report, note, deferral, champ,

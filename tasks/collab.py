@@ -25,20 +25,17 @@ def choose_policy(settings: Settings, lake: Lake, store: StudentStore, data: Spl
     :class:`models.collab_night.CollabNight`."""
     from edge.collab import CollabPolicy
     from models import registry
-    from models.collab_data import calibration_slice, out_of_scope
-    from models.collab_night import run_collab
+    from models.collab_night import collab_step
     from models.evaluate import golden_texts
     from models.registration import collab_block
 
-    cfg = settings.collab
-    cal = calibration_slice(lake, ref.cache_key, cfg.calibration_share)
     version, folder = champion_folder(store)
     champion = None
     if folder is not None:  # its own shipped policy (temperature); none on versions made before this step
         block = collab_block(registry.version_tags(store.tracking_uri, store.name, version))
         champion = (version, folder / "edge", CollabPolicy.from_dict(block) if block else None)
-    result = run_collab(cfg, (cal["text"].tolist(), cal["label"].tolist()), golden_texts(data.load()),
-                        Path(candidate["folder"]) / "edge", champion, out_of_scope(cfg))
+    result = collab_step(settings.collab, lake, ref.cache_key, golden_texts(data.load()),
+                         Path(candidate["folder"]) / "edge", champion)
     policy = result.policy.to_dict()
     with tracking.step_run(experiment(settings), parent_run_id, "collab"):
         import mlflow
