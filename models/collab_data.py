@@ -19,7 +19,7 @@ import pandas as pd
 
 from data_contracts.lake import Lake
 from edgeloop.config import CollabConfig
-from models.calibration import in_calibration_slice, slice_position
+from models.calibration import slice_position
 from models.replay import ROW_COLUMNS, intent, labelled_rows
 
 #: At most this many slice messages a night (those first by slice position, a fixed order), so the
@@ -36,15 +36,15 @@ def calibration_slice(lake: Lake, teacher_key: str, share: float,
     if not share:
         return empty
     ids = lake.messages(columns=["message_id", "received_date"])
-    ids = ids[in_calibration_slice(ids["message_id"], share)]
+    ids = ids.assign(position=slice_position(ids["message_id"]))  # each id hashed once
+    ids = ids[ids["position"] < share].sort_values("position").head(max_rows)
     if ids.empty:
         return empty
-    ids = ids.assign(position=slice_position(ids["message_id"])).sort_values("position").head(max_rows)
     rows = lake.messages(ids=ids["message_id"], dates=set(ids["received_date"]), columns=ROW_COLUMNS)
     rows = labelled_rows(lake, teacher_key, rows)
     if rows.empty:
         return empty
-    rows = rows.assign(label=intent(rows), position=slice_position(rows["message_id"]))
+    rows = rows.assign(label=intent(rows), position=rows["message_id"].map(ids.set_index("message_id")["position"]))
     return rows.sort_values("position")[["message_id", "text", "label"]].reset_index(drop=True)
 
 
